@@ -1,0 +1,5 @@
+import sys
+
+from thrum.cli import main
+
+sys.exit(main())

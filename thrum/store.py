@@ -1,0 +1,822 @@
+"""The event log (JSONL shards in the sync worktree) and its SQLite projection.
+
+Write path, per batch of requests (group commit)::
+
+    validate -> stage lines + apply to SQLite inside one open transaction
+             -> write all staged lines and fsync each touched file
+             -> COMMIT the SQLite transaction -> answer the callers
+
+The log is the truth. If the process dies after the fsync but before the COMMIT,
+the next start finds the lines past the recorded offsets and applies them
+(`catch_up`); the `applied` ledger makes every applier idempotent. If writing the
+log fails (disk full, read-only), the files are truncated back, the transaction
+is rolled back and every write in the batch gets a StorageError: nothing
+half-written survives.
+
+The projection is disposable: a missing, corrupt or older-schema database is
+rebuilt from the log into a temp file that is then renamed into place. State that
+is deliberately not in the log (heartbeat `last_seen_at`) is documented in
+docs/guarantees.md and is lost by a rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+
+from thrum.events import (
+    MAX_LINE_BYTES, EventError, decode_line, derived_event_id, encode_line, format_ns, new_id,
+    now_ns, order_key, parse_timestamp_ns, shard_for,
+)
+
+__all__ = ["EventLog", "Store", "StorageFailure", "SCHEMA_VERSION", "EVENTS_FILE", "MESSAGES_DIR"]
+
+log = logging.getLogger("thrum.store")
+
+SCHEMA_VERSION = 3
+EVENTS_FILE = "events.jsonl"
+MESSAGES_DIR = "messages"
+_TAIL = 32  # bytes of a file's end remembered to notice a file replaced under us
+
+
+class StorageFailure(Exception):
+    """The log could not be written; nothing of the batch was kept."""
+
+
+# -- the log ------------------------------------------------------------------
+
+class EventLog:
+    """Append-only JSONL files under `root` (events.jsonl and messages/<author>.jsonl)."""
+
+    def __init__(self, root: str, quarantine_dir: str) -> None:
+        self.root = root
+        self.quarantine_dir = quarantine_dir
+        self._fds: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+        self._staged: list[tuple[str, bytes]] = []
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def files(self) -> list[str]:
+        out = []
+        if os.path.exists(self.path(EVENTS_FILE)):
+            out.append(EVENTS_FILE)
+        try:
+            names = os.listdir(self.path(MESSAGES_DIR))
+        except FileNotFoundError:
+            names = []
+        out.extend(f"{MESSAGES_DIR}/{n}" for n in sorted(names) if n.endswith(".jsonl"))
+        return out
+
+    def size(self, rel: str) -> int:
+        if rel in self._sizes:
+            return self._sizes[rel]
+        try:
+            return os.stat(self.path(rel)).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _fd(self, rel: str) -> int:
+        fd = self._fds.get(rel)
+        if fd is None:
+            full = self.path(rel)
+            parent = os.path.dirname(full)
+            created_dir = not os.path.isdir(parent)
+            if created_dir:
+                os.makedirs(parent, exist_ok=True)
+            existed = os.path.exists(full)
+            fd = os.open(full, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if not existed:  # the new name must survive a crash too
+                _fsync_dir(parent)
+                if created_dir:
+                    _fsync_dir(os.path.dirname(parent))
+            self._fds[rel] = fd
+            self._sizes[rel] = os.fstat(fd).st_size
+        return fd
+
+    def forget_sizes(self) -> None:
+        """Re-stat files on the next write (someone else appended to them)."""
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._sizes.clear()
+
+    # staging and flushing
+
+    def stage(self, rel: str, line: bytes) -> None:
+        self._staged.append((rel, line))
+
+    def mark(self) -> int:
+        return len(self._staged)
+
+    def discard(self, mark: int = 0) -> None:
+        del self._staged[mark:]
+
+    def flush(self) -> dict[str, tuple[int, bytes]]:
+        """Write and fsync every staged line; return {rel: (new size, tail bytes)}.
+
+        On failure every touched file is truncated back to its previous size and
+        StorageFailure is raised, so a failed batch leaves no partial line behind.
+        """
+        if not self._staged:
+            return {}
+        by_file: dict[str, list[bytes]] = {}
+        for rel, line in self._staged:
+            by_file.setdefault(rel, []).append(line)
+        self._staged = []
+        before: dict[str, int] = {}
+        try:
+            for rel, lines in by_file.items():
+                fd = self._fd(rel)
+                before[rel] = self._sizes[rel]
+                data = b"".join(lines)
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                self._sizes[rel] = before[rel] + len(data)
+            for rel in by_file:
+                os.fsync(self._fds[rel])
+        except OSError as exc:
+            for rel, size in before.items():
+                try:
+                    os.ftruncate(self._fds[rel], size)
+                    self._sizes[rel] = size
+                except OSError:
+                    self.close()  # sizes unknown now: reopen and re-stat on the next write
+                    break
+            raise StorageFailure(f"cannot write the event log: {exc.strerror or exc}") from None
+        return {rel: (self._sizes[rel], lines[-1][-_TAIL:]) for rel, lines in by_file.items()}
+
+    # reading
+
+    def read_from(self, rel: str, offset: int) -> tuple[list[tuple[bytes, int]], int]:
+        """Complete lines from `offset`: [(line, end offset)], and where reading stopped."""
+        try:
+            with open(self.path(rel), "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], offset
+        out = []
+        pos = 0
+        while True:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            out.append((data[pos:nl], offset + nl + 1))
+            pos = nl + 1
+        return out, offset + pos
+
+    def tail_matches(self, rel: str, offset: int, tail: bytes) -> bool:
+        if offset == 0:
+            return True
+        try:
+            with open(self.path(rel), "rb") as f:
+                f.seek(max(0, offset - len(tail)))
+                return f.read(len(tail)) == tail
+        except OSError:
+            return False
+
+    def repair_torn_tails(self) -> list[str]:
+        """Move a last line without its newline (a write cut by a crash) to quarantine.
+
+        Such a line was never acknowledged (we fsync before answering), but left in
+        place it would glue itself to the next append.
+        """
+        repaired = []
+        for rel in self.files():
+            with open(self.path(rel), "rb+") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    continue
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    continue
+                chunk = min(size, 1 << 20)
+                f.seek(size - chunk)
+                data = f.read(chunk)
+                nl = data.rfind(b"\n")
+                cut = size - chunk + nl + 1 if nl >= 0 else 0
+                f.seek(cut)
+                torn = f.read()
+                where = self.quarantine(rel, torn, "torn")
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+            repaired.append(rel)
+            log.warning("moved a torn last line of %s (%d bytes) to %s", rel, len(torn), where)
+        return repaired
+
+    def quarantine(self, rel: str, data: bytes, kind: str) -> str:
+        os.makedirs(self.quarantine_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.quarantine_dir, f"{rel.replace('/', '__')}.{now_ns()}.{kind}")
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the projection --------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE applied (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE log_files (path TEXT PRIMARY KEY, offset INTEGER NOT NULL, tail BLOB NOT NULL);
+CREATE TABLE bad_lines (path TEXT NOT NULL, offset INTEGER NOT NULL, error TEXT NOT NULL,
+    sample TEXT NOT NULL, PRIMARY KEY (path, offset));
+CREATE TABLE agents (
+    agent_id TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'agent', name TEXT NOT NULL DEFAULT '',
+    role TEXT NOT NULL DEFAULT '', module TEXT NOT NULL DEFAULT '', display TEXT NOT NULL DEFAULT '',
+    hostname TEXT NOT NULL DEFAULT '', worktree TEXT NOT NULL DEFAULT '',
+    registered_at TEXT NOT NULL, registered_ns INTEGER NOT NULL,
+    last_seen_at TEXT NOT NULL DEFAULT '', origin_daemon TEXT NOT NULL DEFAULT '');
+CREATE INDEX agents_role ON agents(role);
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, started_at TEXT NOT NULL,
+    started_ns INTEGER NOT NULL, ended_at TEXT NOT NULL DEFAULT '', end_reason TEXT NOT NULL DEFAULT '',
+    last_seen_at TEXT NOT NULL DEFAULT '', origin_daemon TEXT NOT NULL DEFAULT '');
+CREATE INDEX sessions_agent ON sessions(agent_id, started_ns);
+CREATE TABLE work_contexts (
+    session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, branch TEXT NOT NULL DEFAULT '',
+    worktree_path TEXT NOT NULL DEFAULT '', unmerged_commits TEXT NOT NULL DEFAULT '[]',
+    uncommitted_files TEXT NOT NULL DEFAULT '[]', changed_files TEXT NOT NULL DEFAULT '[]',
+    file_changes TEXT NOT NULL DEFAULT '[]', git_updated_at TEXT NOT NULL DEFAULT '',
+    current_task TEXT NOT NULL DEFAULT '', task_updated_at TEXT NOT NULL DEFAULT '',
+    intent TEXT NOT NULL DEFAULT '', intent_updated_at TEXT NOT NULL DEFAULT '');
+CREATE INDEX work_contexts_agent ON work_contexts(agent_id);
+CREATE TABLE messages (
+    message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL DEFAULT '', reply_to TEXT NOT NULL DEFAULT '',
+    agent_id TEXT NOT NULL, session_id TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL,
+    created_ns INTEGER NOT NULL, updated_at TEXT NOT NULL DEFAULT '', format TEXT NOT NULL DEFAULT 'markdown',
+    content TEXT NOT NULL DEFAULT '', structured TEXT, priority TEXT NOT NULL DEFAULT 'normal',
+    deleted INTEGER NOT NULL DEFAULT 0, deleted_at TEXT NOT NULL DEFAULT '', delete_reason TEXT NOT NULL DEFAULT '',
+    authored_by TEXT NOT NULL DEFAULT '', disclosed INTEGER NOT NULL DEFAULT 0,
+    broadcast INTEGER NOT NULL DEFAULT 1, edits INTEGER NOT NULL DEFAULT 0, client_id TEXT NOT NULL DEFAULT '');
+CREATE INDEX messages_created ON messages(created_ns);
+CREATE INDEX messages_agent ON messages(agent_id, created_ns);
+CREATE INDEX messages_reply ON messages(reply_to) WHERE reply_to != '';
+CREATE INDEX messages_thread ON messages(thread_id) WHERE thread_id != '';
+CREATE INDEX messages_client ON messages(agent_id, client_id) WHERE client_id != '';
+CREATE TABLE message_scopes (message_id TEXT NOT NULL, type TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (message_id, type, value)) WITHOUT ROWID;
+CREATE INDEX message_scopes_tv ON message_scopes(type, value);
+CREATE TABLE message_refs (message_id TEXT NOT NULL, type TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (message_id, type, value)) WITHOUT ROWID;
+CREATE INDEX message_refs_tv ON message_refs(type, value);
+CREATE TABLE message_reads (agent_id TEXT NOT NULL, message_id TEXT NOT NULL, read_at TEXT NOT NULL,
+    PRIMARY KEY (agent_id, message_id)) WITHOUT ROWID;
+CREATE INDEX message_reads_message ON message_reads(message_id);
+CREATE TABLE message_edits (event_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, edited_at TEXT NOT NULL,
+    edited_by TEXT NOT NULL DEFAULT '', old_content TEXT, new_content TEXT);
+CREATE INDEX message_edits_message ON message_edits(message_id);
+CREATE TABLE groups (
+    group_id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL, created_ns INTEGER NOT NULL, created_by TEXT NOT NULL DEFAULT '',
+    event_id TEXT NOT NULL DEFAULT '', deleted INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX groups_name ON groups(name);
+CREATE TABLE group_members (group_id TEXT NOT NULL, member_type TEXT NOT NULL, member_value TEXT NOT NULL,
+    added_at TEXT NOT NULL, added_by TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (group_id, member_type, member_value)) WITHOUT ROWID;
+CREATE INDEX group_members_tv ON group_members(member_type, member_value);
+"""
+
+
+class NeedsRebuild(Exception):
+    """The database is missing, corrupt, foreign or of another schema."""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    # The log is the durable copy, so the projection may lose its last commits on
+    # power loss (catch-up re-applies them): synchronous=NORMAL is enough.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _j(value) -> str:
+    return json.dumps(value if value is not None else [], ensure_ascii=False, separators=(",", ":"))
+
+
+def _newer(candidate, current) -> bool:
+    if not candidate:
+        return not current
+    if not current:
+        return True
+    try:
+        return parse_timestamp_ns(candidate) >= parse_timestamp_ns(current)
+    except EventError:
+        return candidate >= current
+
+
+class Projection:
+    """Appliers that turn events into rows; each is idempotent through `applied`."""
+
+    def __init__(self, conn: sqlite3.Connection, extra_appliers: dict) -> None:
+        self.db = conn
+        self.appliers = {
+            "agent.register": self._agent_register,
+            "agent.session.start": self._session_start,
+            "session.start": self._session_start,  # fixture-only Go test type: read, never written
+            "agent.session.end": self._session_end,
+            "session.end": self._session_end,
+            "agent.update": self._agent_update,
+            "agent.cleanup": self._agent_cleanup,
+            "group.create": self._group_create,
+            "group.update": self._group_update,
+            "group.delete": self._group_delete,
+            "group.member.add": self._member_add,
+            "group.member.remove": self._member_remove,
+            "message.create": self._message_create,
+            "message.edit": self._message_edit,
+            "message.delete": self._message_delete,
+            "message.read": self._message_read,
+            **extra_appliers,
+        }
+
+    def apply(self, event: dict) -> bool:
+        """Apply one event unless it was applied before. Returns True when it was new."""
+        cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
+        if cur.rowcount == 0:
+            return False
+        fn = self.appliers.get(event["type"])
+        if fn is not None:  # unknown types stay in the log and are skipped here
+            fn(event, order_key(event)[0])
+        return True
+
+    # agents and sessions
+
+    def _agent_register(self, e: dict, ns: int) -> None:
+        agent_id = e.get("agent_id") or ""
+        if not agent_id:
+            return
+        row = self.db.execute("SELECT registered_ns, last_seen_at FROM agents WHERE agent_id=?",
+                              (agent_id,)).fetchone()
+        if row is not None and row[0] > ns:
+            return  # an older registration arriving late does not win
+        self.db.execute(
+            "INSERT OR REPLACE INTO agents(agent_id, kind, name, role, module, display, hostname, worktree,"
+            " registered_at, registered_ns, last_seen_at, origin_daemon) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (agent_id, e.get("kind") or "agent", e.get("name") or "", e.get("role") or "",
+             e.get("module") or "", e.get("display") or "", e.get("hostname") or "", e.get("worktree") or "",
+             e.get("timestamp", ""), ns, row[1] if row else "", e.get("origin_daemon") or ""))
+
+    def _session_start(self, e: dict, ns: int) -> None:
+        sid, agent_id = e.get("session_id"), e.get("agent_id")
+        if not sid or not agent_id:
+            return
+        self.db.execute(
+            "INSERT OR IGNORE INTO sessions(session_id, agent_id, started_at, started_ns, last_seen_at,"
+            " origin_daemon) VALUES (?,?,?,?,?,?)",
+            (sid, agent_id, e.get("timestamp", ""), ns, e.get("timestamp", ""), e.get("origin_daemon") or ""))
+
+    def _session_end(self, e: dict, ns: int) -> None:
+        self.db.execute("UPDATE sessions SET ended_at=?, end_reason=? WHERE session_id=? AND ended_at=''",
+                        (e.get("timestamp", ""), e.get("reason") or "normal", e.get("session_id") or ""))
+
+    def _agent_update(self, e: dict, ns: int) -> None:
+        agent_id = e.get("agent_id") or ""
+        for wc in e.get("work_contexts") or []:
+            if isinstance(wc, dict) and wc.get("session_id"):
+                self.merge_work_context(agent_id, wc)
+
+    def merge_work_context(self, agent_id: str, wc: dict) -> None:
+        """Merge one work context; each part keeps the value with the newest timestamp."""
+        sid = wc["session_id"]
+        self.db.execute("INSERT OR IGNORE INTO work_contexts(session_id, agent_id) VALUES (?,?)", (sid, agent_id))
+        row = self.db.execute("SELECT git_updated_at, task_updated_at, intent_updated_at FROM work_contexts"
+                              " WHERE session_id=?", (sid,)).fetchone()
+        if wc.get("git_updated_at") and _newer(wc["git_updated_at"], row[0]):
+            self.db.execute(
+                "UPDATE work_contexts SET branch=?, worktree_path=?, unmerged_commits=?, uncommitted_files=?,"
+                " changed_files=?, file_changes=?, git_updated_at=? WHERE session_id=?",
+                (wc.get("branch") or "", wc.get("worktree_path") or "", _j(wc.get("unmerged_commits")),
+                 _j(wc.get("uncommitted_files")), _j(wc.get("changed_files")), _j(wc.get("file_changes")),
+                 wc["git_updated_at"], sid))
+        if wc.get("task_updated_at") and _newer(wc["task_updated_at"], row[1]):
+            self.db.execute("UPDATE work_contexts SET current_task=?, task_updated_at=? WHERE session_id=?",
+                            (wc.get("current_task") or "", wc["task_updated_at"], sid))
+        if wc.get("intent_updated_at") and _newer(wc["intent_updated_at"], row[2]):
+            self.db.execute("UPDATE work_contexts SET intent=?, intent_updated_at=? WHERE session_id=?",
+                            (wc.get("intent") or "", wc["intent_updated_at"], sid))
+
+    def _agent_cleanup(self, e: dict, ns: int) -> None:
+        row = self.db.execute("SELECT registered_ns FROM agents WHERE agent_id=?", (e.get("agent_id"),)).fetchone()
+        if row is not None and row[0] <= ns:  # a later re-registration survives an older cleanup
+            self.db.execute("DELETE FROM agents WHERE agent_id=?", (e.get("agent_id"),))
+
+    # groups
+
+    def _group_create(self, e: dict, ns: int) -> None:
+        if e.get("group_id") and e.get("name"):
+            self.db.execute(
+                "INSERT OR IGNORE INTO groups(group_id, name, description, created_at, created_ns, created_by,"
+                " event_id) VALUES (?,?,?,?,?,?,?)",
+                (e["group_id"], e["name"], e.get("description") or "", e.get("timestamp", ""), ns,
+                 e.get("created_by") or "", e["event_id"]))
+
+    def _group_update(self, e: dict, ns: int) -> None:
+        fields = e.get("fields")
+        if isinstance(fields, dict) and "description" in fields:
+            self.db.execute("UPDATE groups SET description=? WHERE group_id=?",
+                            (fields.get("description") or "", e.get("group_id")))
+
+    def _group_delete(self, e: dict, ns: int) -> None:
+        self.db.execute("UPDATE groups SET deleted=1 WHERE group_id=?", (e.get("group_id"),))
+        self.db.execute("DELETE FROM group_members WHERE group_id=?", (e.get("group_id"),))
+
+    def _member_add(self, e: dict, ns: int) -> None:
+        if e.get("group_id") and e.get("member_type") and e.get("member_value"):
+            self.db.execute(
+                "INSERT OR IGNORE INTO group_members(group_id, member_type, member_value, added_at, added_by)"
+                " VALUES (?,?,?,?,?)", (e["group_id"], e["member_type"], e["member_value"],
+                                        e.get("timestamp", ""), e.get("added_by") or ""))
+
+    def _member_remove(self, e: dict, ns: int) -> None:
+        self.db.execute("DELETE FROM group_members WHERE group_id=? AND member_type=? AND member_value=?",
+                        (e.get("group_id"), e.get("member_type"), e.get("member_value")))
+
+    # messages
+
+    def _message_create(self, e: dict, ns: int) -> None:
+        mid = e.get("message_id")
+        if not mid or not e.get("agent_id"):
+            return
+        body = e.get("body") if isinstance(e.get("body"), dict) else {}
+        scopes = [s for s in e.get("scopes") or [] if isinstance(s, dict)]
+        refs = [r for r in e.get("refs") or [] if isinstance(r, dict)]
+        reply_to = next((r.get("value") for r in refs if r.get("type") == "reply_to"), "") or ""
+        addressed = any(r.get("type") == "mention" for r in refs) or any(s.get("type") == "group" for s in scopes)
+        structured = body.get("structured")
+        if structured is not None and not isinstance(structured, str):
+            structured = json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO messages(message_id, thread_id, reply_to, agent_id, session_id, created_at,"
+            " created_ns, format, content, structured, priority, authored_by, disclosed, broadcast, client_id)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mid, e.get("thread_id") or "", reply_to, e["agent_id"], e.get("session_id") or "",
+             e.get("timestamp", ""), ns, body.get("format") or "markdown", body.get("content") or "",
+             structured, e.get("priority") or "normal", e.get("authored_by") or "", 1 if e.get("disclosed") else 0,
+             0 if addressed else 1, e.get("client_id") or ""))
+        if cur.rowcount == 0:
+            return
+        if scopes:
+            self.db.executemany("INSERT OR IGNORE INTO message_scopes VALUES (?,?,?)",
+                                [(mid, s.get("type", ""), s.get("value", "")) for s in scopes])
+        if refs:
+            self.db.executemany("INSERT OR IGNORE INTO message_refs VALUES (?,?,?)",
+                                [(mid, r.get("type", ""), r.get("value", "")) for r in refs])
+
+    def _message_edit(self, e: dict, ns: int) -> None:
+        mid = e.get("message_id")
+        body = e.get("body") if isinstance(e.get("body"), dict) else {}
+        row = self.db.execute("SELECT content, agent_id FROM messages WHERE message_id=?", (mid,)).fetchone()
+        if row is None:
+            return
+        content = body.get("content") or row["content"]
+        self.db.execute("UPDATE messages SET content=?, updated_at=?, edits=edits+1 WHERE message_id=?",
+                        (content, e.get("timestamp", ""), mid))
+        if "structured" in body:
+            s = body.get("structured")
+            if s is not None and not isinstance(s, str):
+                s = json.dumps(s, ensure_ascii=False, separators=(",", ":"))
+            self.db.execute("UPDATE messages SET structured=? WHERE message_id=?", (s, mid))
+        self.db.execute(
+            "INSERT OR IGNORE INTO message_edits(event_id, message_id, edited_at, edited_by, old_content,"
+            " new_content) VALUES (?,?,?,?,?,?)",
+            (e["event_id"], mid, e.get("timestamp", ""), e.get("edited_by") or row["agent_id"],
+             row["content"], content))
+
+    def _message_delete(self, e: dict, ns: int) -> None:
+        self.db.execute("UPDATE messages SET deleted=1, deleted_at=?, delete_reason=? WHERE message_id=?"
+                        " AND deleted=0", (e.get("timestamp", ""), e.get("reason") or "", e.get("message_id")))
+
+    def _message_read(self, e: dict, ns: int) -> None:
+        agent_id, ids = e.get("agent_id"), e.get("message_ids")
+        if agent_id and isinstance(ids, list):
+            self.db.executemany("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)",
+                                [(agent_id, m, e.get("timestamp", "")) for m in ids if isinstance(m, str)])
+
+
+# -- the store ------------------------------------------------------------------
+
+class Store:
+    """The log plus its projection, written through batches."""
+
+    def __init__(self, sync_dir: str, db_path: str, var_dir: str, origin_daemon: str) -> None:
+        self.sync_dir = sync_dir
+        self.db_path = db_path
+        self.var_dir = var_dir
+        self.origin_daemon = origin_daemon
+        self.log = EventLog(sync_dir, os.path.join(var_dir, "quarantine"))
+        self.db: sqlite3.Connection | None = None
+        self.projection: Projection | None = None
+        self._in_batch = False
+        self._batch_events: list[dict] = []
+        self._extra_schema: list[str] = []
+        self._extra_appliers: dict = {}
+
+    def extend(self, schema_sql: str, appliers: dict) -> None:
+        """Add the tables and event appliers of another component (call before `open`)."""
+        self._extra_schema.append(schema_sql)
+        self._extra_appliers.update(appliers)
+
+    def _schema_sql(self) -> str:
+        return _SCHEMA + "".join(self._extra_schema)
+
+    def _schema_hash(self) -> str:
+        return hashlib.sha256(self._schema_sql().encode()).hexdigest()[:16]
+
+    # lifecycle
+
+    def open(self, progress=None) -> dict:
+        """Repair torn tails, open or rebuild the projection, apply what it lacks."""
+        os.makedirs(self.sync_dir, exist_ok=True)
+        self.log.repair_torn_tails()
+        rebuilt = ""
+        try:
+            self._open_db()
+        except NeedsRebuild as why:
+            log.warning("rebuilding the projection: %s", why)
+            self.rebuild(progress=progress)
+            rebuilt = str(why)
+        applied = self.catch_up()
+        return {"rebuilt": rebuilt, "caught_up": applied}
+
+    def _open_db(self) -> None:
+        if not os.path.exists(self.db_path):
+            raise NeedsRebuild("no database yet")
+        conn = None
+        try:
+            conn = connect(self.db_path)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise NeedsRebuild(f"schema version {version}, expected {SCHEMA_VERSION}")
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_hash'").fetchone()
+            if row is None or row[0] != self._schema_hash():
+                raise NeedsRebuild("the schema changed")
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise NeedsRebuild(f"integrity check failed: {ok}")
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            raise NeedsRebuild(f"database unreadable: {exc}") from None
+        except NeedsRebuild:
+            conn.close()
+            raise
+        self._attach(conn)
+
+    def _attach(self, conn: sqlite3.Connection) -> None:
+        self.db = conn
+        self.projection = Projection(conn, self._extra_appliers)
+
+    def close(self) -> None:
+        if self.db is not None:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.db.close()
+            self.db = None
+        self.log.close()
+
+    def rebuild(self, progress=None) -> int:
+        """Project the whole log into a fresh database, then swap it in. Returns the event count."""
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        tmp = self.db_path + ".rebuild"
+        for suffix in ("", "-wal", "-shm"):
+            _remove(tmp + suffix)
+        conn = connect(tmp)
+        conn.execute("PRAGMA synchronous=OFF")  # a crash here just means rebuilding again
+        conn.executescript(self._schema_sql())
+        conn.execute("INSERT INTO meta VALUES ('schema_hash', ?)", (self._schema_hash(),))
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        proj = Projection(conn, self._extra_appliers)
+        events: list[tuple[tuple[int, str], dict]] = []
+        ends: dict[str, tuple[int, bytes]] = {}
+        files = self.log.files()
+        conn.execute("BEGIN")
+        for i, rel in enumerate(files):
+            lines, end = self.log.read_from(rel, 0)
+            for line, line_end in lines:
+                event = self._parse(conn, rel, line, line_end)
+                if event is not None:
+                    events.append((order_key(event), event))
+            ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n" if lines else b"")
+            if progress:
+                progress("reading", i + 1, len(files))
+        events.sort(key=lambda item: item[0])
+        total = len(events)
+        for i, (_, event) in enumerate(events):
+            proj.apply(event)
+            if progress and (i % 2000 == 1999 or i == total - 1):
+                progress("applying", i + 1, total)
+        for rel, (end, tail) in ends.items():
+            conn.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        for suffix in ("-wal", "-shm"):
+            _remove(self.db_path + suffix)
+        os.replace(tmp, self.db_path)
+        for suffix in ("-wal", "-shm"):
+            _remove(tmp + suffix)
+        self._attach(connect(self.db_path))
+        return total
+
+    def catch_up(self) -> int:
+        """Apply log lines past the recorded offsets (after a crash, or lines added by another process)."""
+        db = self.db
+        known = {row[0]: (row[1], row[2]) for row in db.execute("SELECT path, offset, tail FROM log_files")}
+        pending: list[tuple[tuple[int, str], dict]] = []
+        ends: dict[str, tuple[int, bytes]] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for rel in self.log.files():
+                size = self.log.size(rel)
+                offset, tail = known.get(rel, (0, b""))
+                if offset > size or not self.log.tail_matches(rel, offset, tail):
+                    log.warning("%s changed below its recorded offset; rescanning it", rel)
+                    offset = 0
+                if offset == size:
+                    continue
+                lines, end = self.log.read_from(rel, offset)
+                for line, line_end in lines:
+                    event = self._parse(db, rel, line, line_end)
+                    if event is not None:
+                        pending.append((order_key(event), event))
+                if lines:
+                    ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n")
+            pending.sort(key=lambda item: item[0])
+            applied = sum(1 for _, event in pending if self.projection.apply(event))
+            for rel, (end, tail) in ends.items():
+                db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if applied:
+            log.info("caught up %d event(s) from the log", applied)
+        return applied
+
+    def _parse(self, db: sqlite3.Connection, rel: str, line: bytes, end: int) -> dict | None:
+        if not line.strip():
+            return None
+        try:
+            event = decode_line(line)
+        except EventError as exc:
+            offset = end - len(line) - 1
+            db.execute("INSERT OR IGNORE INTO bad_lines VALUES (?,?,?,?)",
+                       (rel, offset, str(exc), line[:200].decode("utf-8", "replace")))
+            log.warning("kept an unparseable line in %s at byte %d: %s", rel, offset, exc)
+            return None
+        if not isinstance(event.get("event_id"), str) or not event["event_id"]:
+            event["event_id"] = derived_event_id(event)
+        return event
+
+    # batches: begin -> (savepoint, append..., release | rollback_to)* -> commit | rollback
+
+    @property
+    def in_batch(self) -> bool:
+        return self._in_batch
+
+    def begin(self) -> None:
+        if not self._in_batch:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._in_batch = True
+
+    def savepoint(self) -> tuple[int, int]:
+        self.begin()
+        self.db.execute("SAVEPOINT req")
+        return self.log.mark(), len(self._batch_events)
+
+    def release(self) -> None:
+        self.db.execute("RELEASE req")
+
+    def rollback_to(self, mark: tuple[int, int]) -> None:
+        self.db.execute("ROLLBACK TO req")
+        self.db.execute("RELEASE req")
+        self.log.discard(mark[0])
+        del self._batch_events[mark[1]:]
+
+    def append(self, etype: str, payload: dict, *, author: str | None = None) -> dict:
+        """Stage one new event and apply it inside the open batch; returns the event."""
+        event = dict(payload)
+        event["type"] = etype
+        event["event_id"] = new_id("evt")
+        event["timestamp"] = format_ns(now_ns())
+        event["v"] = 1
+        event["origin_daemon"] = self.origin_daemon
+        return self.append_event(event, author=author)
+
+    def append_event(self, event: dict, *, author: str | None = None) -> dict:
+        line = encode_line(event)
+        if len(line) > MAX_LINE_BYTES:
+            raise EventError(f"the event is {len(line)} bytes encoded; the limit is {MAX_LINE_BYTES}")
+        rel = shard_for(event, author)
+        self.begin()
+        self.log.stage(rel, line)
+        self.projection.apply(event)
+        self._batch_events.append(event)
+        return event
+
+    def commit(self) -> list[dict]:
+        """Make the batch durable (log first, then projection); returns its new events."""
+        if not self._in_batch:
+            return []
+        events, self._batch_events = self._batch_events, []
+        try:
+            flushed = self.log.flush()
+        except StorageFailure:
+            self.db.execute("ROLLBACK")
+            self._in_batch = False
+            raise
+        for rel, (size, tail) in flushed.items():
+            self.db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, size, tail[-_TAIL:]))
+        self.db.execute("COMMIT")
+        self._in_batch = False
+        return events
+
+    def rollback(self) -> None:
+        if self._in_batch:
+            self.db.execute("ROLLBACK")
+            self._in_batch = False
+        self.log.discard(0)
+        self._batch_events = []
+
+    # lines merged from elsewhere (sync)
+
+    def append_foreign_lines(self, rel: str, lines: list[bytes]) -> list[dict]:
+        """Append lines written by another clone verbatim and project them (inside a batch).
+
+        The caller has already dropped lines whose event_id is known. Unparseable
+        lines are appended too, and reported as bad lines: the union never drops one.
+        """
+        events = []
+        self.begin()
+        for line in lines:
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            self.log.stage(rel, line)
+            try:
+                event = decode_line(line)
+            except EventError as exc:
+                self.db.execute("INSERT OR IGNORE INTO bad_lines VALUES (?,?,?,?)",
+                                (rel, -now_ns(), f"from remote: {exc}", line[:200].decode("utf-8", "replace")))
+                log.warning("kept an unparseable remote line in %s: %s", rel, exc)
+                continue
+            if not isinstance(event.get("event_id"), str) or not event["event_id"]:
+                event["event_id"] = derived_event_id(event)
+            events.append(event)
+        events.sort(key=order_key)
+        new = [e for e in events if self.projection.apply(e)]
+        self._batch_events.extend(new)
+        return new
+
+    def known_event_ids(self, ids: list[str]) -> set[str]:
+        out: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = "SELECT event_id FROM applied WHERE event_id IN (%s)" % ",".join("?" * len(chunk))
+            out.update(r[0] for r in self.db.execute(q, chunk))
+        return out
+
+    # health
+
+    def stats(self) -> dict:
+        q = self.db.execute
+        return {
+            "events": q("SELECT COUNT(*) FROM applied").fetchone()[0],
+            "messages": q("SELECT COUNT(*) FROM messages").fetchone()[0],
+            "agents": q("SELECT COUNT(*) FROM agents").fetchone()[0],
+            "bad_lines": q("SELECT COUNT(*) FROM bad_lines").fetchone()[0],
+        }
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
