@@ -1,0 +1,1564 @@
+"""The `thrum` command: argparse front end and thin client of the daemon.
+
+Agents run this hundreds of times a day, so start-up matters: only argparse, json,
+os and sys are imported at the top, only the sub-parser of the command being run
+is built, and each handler imports what it needs. Output is human text, or with
+`--json` one JSON document on stdout (errors too: `{"error": {...}}`).
+
+Exit codes: 0 success, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from thrum import __version__
+
+__all__ = ["main", "CliError"]
+
+
+class CliError(Exception):
+    """A failure to report to the user: one line, an optional hint, an exit code."""
+
+    def __init__(self, message: str, hint: str = "", code: int = 1, rpc_code: int | None = None,
+                 data: object = None) -> None:
+        super().__init__(message)
+        self.message, self.hint, self.code, self.rpc_code, self.data = message, hint, code, rpc_code, data
+
+
+class UsageError(CliError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message, hint, code=2)
+
+
+# -- small helpers -------------------------------------------------------------------
+
+def parse_duration(text: str) -> float:
+    """Go-style durations: 500ms, 30s, 5m, 1h30m, or a bare number of seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    total, num, i, sign = 0.0, "", 0, 1.0
+    if text[:1] in "+-":
+        sign = -1.0 if text[0] == "-" else 1.0
+        text = text[1:]
+    if not text:
+        raise ValueError("empty duration")
+    while i < len(text):
+        c = text[i]
+        if c.isdigit() or c == ".":
+            num += c
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else c
+        if unit not in units or not num:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(num) * units[unit]
+        num = ""
+        i += len(unit)
+    if num:
+        raise ValueError(f"missing unit in duration {text!r}")
+    return sign * total
+
+
+def split_pairs(values: list[str] | None, what: str) -> list[dict]:
+    """`type:value` flags (repeatable, comma-separated) -> [{type, value}]."""
+    out = []
+    for raw in values or []:
+        for item in raw.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if ":" not in item or item.startswith(":") or item.endswith(":"):
+                raise UsageError(f"invalid {what}: {what} must be in 'type:value' format, got: {item}")
+            t, v = item.split(":", 1)
+            out.append({"type": t, "value": v})
+    return out
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+
+
+def ago(timestamp: str) -> str:
+    if not timestamp:
+        return "never"
+    import time
+
+    from thrum.events import EventError, parse_timestamp_ns
+
+    try:
+        secs = (time.time_ns() - parse_timestamp_ns(timestamp)) / 1e9
+    except EventError:
+        return timestamp
+    if secs < 45:
+        return "just now"
+    if secs < 3600:
+        return f"{int(secs // 60) or 1}m ago"
+    if secs < 86400:
+        return f"{int(secs // 3600)}h ago"
+    if secs < 86400 * 30:
+        return f"{int(secs // 86400)}d ago"
+    return timestamp[:10]
+
+
+def duration_text(ms: int) -> str:
+    secs = max(0, int(ms // 1000))
+    if secs < 60:
+        return f"{secs}s"
+    if secs < 3600:
+        return f"{secs // 60}m"
+    if secs < 86400:
+        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+    return f"{secs // 86400}d{(secs % 86400) // 3600}h"
+
+
+def local_time(timestamp: str) -> str:
+    import time
+
+    from thrum.events import EventError, parse_timestamp_ns
+
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(parse_timestamp_ns(timestamp) / 1e9))
+    except EventError:
+        return timestamp
+
+
+def tty() -> bool:
+    return sys.stderr.isatty()
+
+
+# -- the per-invocation context --------------------------------------------------------
+
+class Ctx:
+    """What a command needs, computed lazily: paths, identity, a daemon connection."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json = bool(getattr(args, "json", False))
+        self.quiet = bool(getattr(args, "quiet", False))
+        self._paths = None
+        self._client = None
+
+    # output
+
+    def emit(self, data, human=None) -> None:
+        """Print `data` as JSON under --json, else the human lines (a list or a callable)."""
+        if self.json:
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+            return
+        lines = human(data) if callable(human) else human
+        if lines and self.quiet:  # --quiet keeps results, drops confirmations, details and tips
+            lines = [ln for ln in lines if not ln.startswith(("✓", "  ", "Next:", "Tip:")) and ln]
+        if lines:
+            print("\n".join(lines))
+
+    def note(self, text: str) -> None:
+        """A ✓ line or tip: hidden by --quiet and --json."""
+        if not self.quiet and not self.json:
+            print(text)
+
+    def warn(self, text: str) -> None:
+        print(text, file=sys.stderr)
+
+    # paths and identity
+
+    @property
+    def paths(self):
+        if self._paths is None:
+            from thrum.paths import NotInitialized, RedirectError, resolve
+
+            try:
+                self._paths = resolve(self.args.repo)
+            except NotInitialized as exc:
+                raise CliError(f"thrum is not initialized in {exc}", "Run 'thrum init' in the repository first") \
+                    from None
+            except RedirectError as exc:
+                raise CliError(str(exc), "Run 'thrum setup --main-repo <path>' to repair the redirect") from None
+        return self._paths
+
+    def worktree_name(self) -> str:
+        from thrum.paths import find_git_toplevel
+
+        top = find_git_toplevel(self.paths.repo)
+        return os.path.basename(top or self.paths.repo)
+
+    def identity(self):
+        from thrum.identity import IdentityError, InvalidName, resolve_identity
+
+        try:
+            ident = resolve_identity(self.paths.identities, getattr(self.args, "name", None),
+                                     worktree=self.worktree_name())
+        except InvalidName as exc:
+            raise CliError(f"invalid agent name: {exc}") from None
+        except IdentityError as exc:
+            raise CliError(f"failed to resolve agent identity: {exc}", exc.hint) from None
+        role = getattr(self.args, "role", None)
+        module = getattr(self.args, "module", None)
+        if role:
+            ident.role = role
+        if module:
+            ident.module = module
+        return ident
+
+    # daemon
+
+    def client(self):
+        if self._client is None:
+            from thrum.rpc import Client, DaemonUnavailable
+
+            try:
+                self._client = Client(self.paths.socket, timeout=float(os.environ.get("THRUM_RPC_TIMEOUT", 30)))
+                self._client.connect()
+            except DaemonUnavailable as exc:
+                self._client = None
+                raise CliError(f"the thrum daemon is not running for this repository ({exc})",
+                               "Start it with: thrum daemon start") from None
+        return self._client
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        from thrum.rpc import DaemonUnavailable, RPCError
+
+        try:
+            return self.client().call(method, params or {})
+        except RPCError as exc:
+            raise CliError(exc.message, code=1, rpc_code=exc.code, data=exc.data) from None
+        except DaemonUnavailable as exc:
+            raise CliError(str(exc), "Check the daemon with: thrum daemon status") from None
+
+    def caller(self, params: dict | None = None, ident=None) -> dict:
+        ident = ident or self.identity()
+        out = dict(params or {})
+        out["caller_agent_id"] = ident.name
+        return out
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+# -- argument parsing ---------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 on usage errors; keep that, but in our format
+        raise UsageError(message, f"See: {self.prog} --help")
+
+
+def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Global flags, accepted before or after the subcommand."""
+    d = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--repo", default=d, help="repository root (default: nearest directory with .thrum/)")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="machine-readable output")
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="only essential output")
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="show tracebacks")
+    parser.add_argument("--role", default=d, help="override the identity's role")
+    parser.add_argument("--module", default=d, help="override the identity's module")
+
+
+class Commands:
+    """Builds sub-parsers on demand: only the command being run pays for its parser."""
+
+    def __init__(self, subparsers, common: argparse.ArgumentParser) -> None:
+        self.sub = subparsers
+        self.common = common
+
+    def add(self, sub, name: str, help: str, func=None, aliases=(), **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, aliases=list(aliases), parents=[self.common],
+                           **kw)
+        if func is not None:
+            p.set_defaults(func=func)
+        return p
+
+    def group(self, name: str, help: str, aliases=()) -> argparse._SubParsersAction:
+        p = self.add(self.sub, name, help, aliases=aliases)
+        p.set_defaults(func=lambda ctx: _print_help(p))
+        return p.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+# Top-level command name -> (module-level setup function name, aliases). A setup
+# function receives a Commands and registers its parser(s).
+COMMAND_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def command(name: str, *aliases: str):
+    def register(fn):
+        COMMAND_TABLE[name] = (fn.__name__, aliases)
+        return fn
+    return register
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    _common_flags(common, suppress=True)
+    parser = Parser(prog="thrum", description="Git-backed messaging and coordination for AI coding agents.",
+                    epilog="Run 'thrum COMMAND --help' for a command's options.")
+    _common_flags(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"thrum {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    cmds = Commands(sub, common)
+    module = sys.modules[__name__]
+    for name, (setup, _) in COMMAND_TABLE.items():
+        if only is None or name == only:
+            getattr(module, setup)(cmds)
+    parser.set_defaults(func=lambda ctx: _print_help(parser))
+    return parser
+
+
+_VALUE_FLAGS = {"--repo", "--role", "--module", "--name"}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return None
+        if token.startswith("-"):
+            i += 2 if token in _VALUE_FLAGS else 1
+            continue
+        for name, (_, aliases) in COMMAND_TABLE.items():
+            if token == name or token in aliases:
+                return name
+        return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    want_json = "--json" in argv
+    debug = "--debug" in argv
+    ctx = None
+    try:
+        parser = build_parser(_command_of(argv))
+        args = parser.parse_args(argv)
+        ctx = Ctx(args)
+        result = args.func(ctx)
+        return int(result or 0)
+    except CliError as exc:
+        _report(exc, want_json)
+        return exc.code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug: one line for users, the traceback with --debug
+        if debug:
+            raise
+        _report(CliError(f"unexpected error: {type(exc).__name__}: {exc}",
+                         "Re-run with --debug for a traceback"), want_json)
+        return 1
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _report(exc: CliError, want_json: bool) -> None:
+    if want_json:
+        err = {"message": exc.message, "exit_code": exc.code}
+        if exc.rpc_code is not None:
+            err["code"] = exc.rpc_code
+        if exc.hint:
+            err["hint"] = exc.hint
+        if exc.data is not None:
+            err["data"] = exc.data
+        print(json.dumps({"error": err}, indent=2, ensure_ascii=False))
+        return
+    print(f"Error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  {exc.hint}", file=sys.stderr)
+
+
+# == commands ===============================================================================
+
+# -- init, daemon, migrate, version, config -----------------------------------------------------
+
+@command("init")
+def _setup_init(c: Commands) -> None:
+    p = c.add(c.sub, "init", "Set up thrum in this git repository (the .thrum/ dir and the a-sync branch)",
+              cmd_init)
+    p.add_argument("--force", action="store_true", help="repair an existing setup")
+    p.add_argument("--dry-run", action="store_true", help="show what would be done")
+
+
+def cmd_init(ctx: Ctx) -> int:
+    from thrum import initialize
+
+    repo = os.path.abspath(ctx.args.repo or os.getcwd())
+    try:
+        result = initialize.init_repo(repo, force=ctx.args.force, dry_run=ctx.args.dry_run)
+    except initialize.InitError as exc:
+        raise CliError(str(exc), exc.hint) from None
+
+    def human(r):
+        if r.get("dry_run"):
+            return ["Dry run: would initialize thrum in " + r["repository"]] + [f"  {a}" for a in r["actions"]]
+        if r.get("worktree"):
+            return ["✓ Worktree detected — set up redirect to main repo", f"  Main repo: {r['main_repo']}",
+                    f"  Redirect: .thrum/redirect → {r['main_repo']}/.thrum",
+                    "  Created: .thrum/identities/ (local to this worktree)"]
+        head = "✓ Thrum already initialized" if r["already"] else "✓ Thrum initialized successfully"
+        return [head, f"  Repository: {r['repository']}"] + [f"  {a}" for a in r["actions"]] + \
+            ["", "Next: thrum daemon start"]
+    ctx.emit(result, human)
+    return 0
+
+
+@command("daemon")
+def _setup_daemon(c: Commands) -> None:
+    g = c.group("daemon", "Start, stop and inspect the per-repository daemon")
+    p = c.add(g, "start", "Start the daemon in the background (or --foreground)", cmd_daemon_start)
+    p.add_argument("--foreground", action="store_true", help="run in this terminal until interrupted")
+    p.add_argument("--local", action="store_true", help="local-only mode: never push or fetch")
+    c.add(g, "stop", "Stop the daemon", cmd_daemon_stop)
+    c.add(g, "status", "Show whether the daemon is running", cmd_daemon_status)
+    p = c.add(g, "restart", "Stop, then start the daemon", cmd_daemon_restart)
+    p.add_argument("--local", action="store_true", help="local-only mode: never push or fetch")
+    p = c.add(g, "run", "Run the daemon in the foreground (used by 'start')", cmd_daemon_run)
+    p.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
+
+
+def _persist_local(ctx: Ctx) -> None:
+    if getattr(ctx.args, "local", False):
+        from thrum.config import load_config, save_config
+
+        data = load_config(ctx.paths.config)
+        daemon = data.setdefault("daemon", {}) if isinstance(data.get("daemon"), dict) else data.setdefault(
+            "daemon", {})
+        daemon["local_only"] = True
+        save_config(ctx.paths.config, data)
+
+
+def cmd_daemon_start(ctx: Ctx) -> int:
+    if ctx.args.foreground:
+        return cmd_daemon_run(ctx)
+    from thrum.daemon import StartError, start_background
+
+    _persist_local(ctx)
+    try:
+        info = start_background(ctx.paths)
+    except StartError as exc:
+        raise CliError(str(exc)) from None
+    ctx.emit({"status": "running", "pid": info["pid"], "socket": ctx.paths.socket, "log": ctx.paths.log},
+             [f"✓ Daemon started successfully (PID {info['pid']})"])
+    return 0
+
+
+def cmd_daemon_run(ctx: Ctx) -> int:
+    from thrum.daemon import run_daemon
+
+    _persist_local(ctx)
+    return run_daemon(ctx.paths, foreground=True)
+
+
+def cmd_daemon_stop(ctx: Ctx) -> int:
+    from thrum.daemon import StartError, stop_daemon
+
+    try:
+        info = stop_daemon(ctx.paths)
+    except StartError as exc:
+        raise CliError(str(exc)) from None
+    ctx.emit({"status": "stopped", "pid": info["pid"]}, ["✓ Daemon stopped successfully"])
+    return 0
+
+
+def cmd_daemon_status(ctx: Ctx) -> int:
+    from thrum.daemon import daemon_status
+
+    st = daemon_status(ctx.paths)
+
+    def human(s):
+        if not s["running"]:
+            return ["Daemon:   not running", "  Start it with: thrum daemon start"]
+        lines = [f"Daemon:   {s['status']} (PID {s.get('pid')})"]
+        if s.get("uptime_ms") is not None:
+            lines.append(f"Uptime:   {duration_text(s['uptime_ms'])}")
+            lines.append(f"Version:  {s.get('version')}")
+            lines.append(f"Sync:     {s.get('sync_state')}")
+        if s.get("error"):
+            lines.append(f"Error:    {s['error']}")
+        lines.append(f"Socket:   {s['socket']}")
+        lines.append(f"Log:      {s['log']}")
+        return lines
+    ctx.emit(st, human)
+    return 0 if st["running"] and st["status"] == "running" else 1
+
+
+def cmd_daemon_restart(ctx: Ctx) -> int:
+    from thrum.daemon import StartError, lock_is_held, start_background, stop_daemon
+
+    try:
+        if lock_is_held(ctx.paths):
+            stop_daemon(ctx.paths)
+        _persist_local(ctx)
+        info = start_background(ctx.paths)
+    except StartError as exc:
+        raise CliError(str(exc)) from None
+    ctx.emit({"status": "running", "pid": info["pid"]}, [f"✓ Daemon restarted successfully (PID {info['pid']})"])
+    return 0
+
+
+@command("migrate")
+def _setup_migrate(c: Commands) -> None:
+    p = c.add(c.sub, "migrate", "Import a Go-written .thrum/ (or older layouts) and rebuild the database",
+              cmd_migrate)
+    p.add_argument("--rebuild", action="store_true", help="only rebuild the database from the JSONL log")
+
+
+def cmd_migrate(ctx: Ctx) -> int:
+    from thrum import migrate
+
+    progress = migrate.terminal_progress if (tty() and not ctx.json) else None
+    try:
+        result = migrate.run(ctx.paths, rebuild_only=ctx.args.rebuild, progress=progress)
+    except migrate.MigrateError as exc:
+        raise CliError(str(exc), exc.hint) from None
+
+    def human(r):
+        lines = []
+        if r.get("imported") is not None:
+            if r["imported"] or r.get("reads"):
+                lines.append("✓ Migration complete:")
+                lines.append(f"  Imported events: {r['imported']} (skipped as already present: {r['skipped']})")
+                if r.get("reads"):
+                    lines.append(f"  Read markers imported from the Go database: {r['reads']}")
+                for src in r.get("sources", []):
+                    lines.append(f"  From: {src}")
+            else:
+                lines.append("No migration needed.")
+        lines.append(f"✓ Database rebuilt from the log: {r['events']} events, {r['messages']} messages, "
+                     f"{r['agents']} agents ({r['seconds']:.2f}s)")
+        if r.get("bad_lines"):
+            lines.append(f"  Unparseable lines kept in the log and skipped: {r['bad_lines']}")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+@command("version")
+def _setup_version(c: Commands) -> None:
+    c.add(c.sub, "version", "Show the thrum version", cmd_version)
+
+
+def cmd_version(ctx: Ctx) -> int:
+    import platform
+
+    data = {"version": __version__, "build": "python", "python_version": platform.python_version(),
+            "repo_url": "https://github.com/leonletto/thrum"}
+    ctx.emit(data, [f"thrum v{__version__} (python {data['python_version']})"])
+    return 0
+
+
+@command("config")
+def _setup_config(c: Commands) -> None:
+    g = c.group("config", "Show the effective configuration")
+    c.add(g, "show", "Show configuration values and where each comes from", cmd_config_show)
+
+
+def cmd_config_show(ctx: Ctx) -> int:
+    from thrum.config import load_settings
+    from thrum.daemon import daemon_status
+
+    paths = ctx.paths
+    s = load_settings(paths.config)
+    st = daemon_status(paths)
+    overrides = [{"env_var": k, "value": os.environ[k]} for k in (
+        "THRUM_NAME", "THRUM_ROLE", "THRUM_MODULE", "THRUM_SOCKET", "THRUM_WS_PORT", "THRUM_LOCAL",
+        "THRUM_SYNC_INTERVAL", "THRUM_HOSTNAME") if os.environ.get(k)]
+    data = {"config_file": paths.config,
+            "runtime": {"primary": s.runtime or "cli-only", "source": "config.json" if s.runtime else "default"},
+            "daemon": {"local_only": {"value": s.local_only, "source": s.local_only_source},
+                       "sync_interval": {"value": s.sync_interval, "source": s.sync_interval_source},
+                       "ws_port": {"value": s.ws_port, "source": s.ws_port_source},
+                       "status": st["status"], "socket": paths.socket}}
+    if st.get("pid"):
+        data["daemon"]["pid"] = st["pid"]
+    try:
+        ident = ctx.identity()
+        data["identity"] = {"agent_id": ident.name, "role": ident.role, "module": ident.module,
+                            "file": ident.path}
+    except CliError:
+        pass
+    if overrides:
+        data["overrides"] = overrides
+
+    def human(d):
+        dm = d["daemon"]
+        lines = ["Thrum Configuration", f"  Config file: {d['config_file']}", "", "Runtime",
+                 f"  Primary: {d['runtime']['primary']} ({d['runtime']['source']})", "", "Daemon",
+                 f"  Local-only:    {dm['local_only']['value']} ({dm['local_only']['source']})",
+                 f"  Sync interval: {dm['sync_interval']['value']}s ({dm['sync_interval']['source']})",
+                 f"  WS port:       {dm['ws_port']['value']} ({dm['ws_port']['source']})",
+                 f"  Status:        {dm['status']}", f"  Socket:        {dm['socket']}"]
+        if "identity" in d:
+            i = d["identity"]
+            lines += ["", "Identity", f"  Agent:   @{i['agent_id']} ({i['role']} @ {i['module']})",
+                      f"  File:    {i['file']}"]
+        if d.get("overrides"):
+            lines += ["", "Overrides (environment)"] + [f"  {o['env_var']}={o['value']}" for o in d["overrides"]]
+        return lines
+    ctx.emit(data, human)
+    return 0
+
+
+# -- identity and sessions -------------------------------------------------------------------
+
+def _register(ctx: Ctx, name: str, role: str, module: str, display: str, *, force=False, re_register=False):
+    from thrum.identity import Identity, InvalidName, save_identity, validate_name, validate_word
+
+    try:
+        if name:
+            validate_name(name)
+        validate_word(role, "role")
+        validate_word(module, "module")
+    except InvalidName as exc:
+        raise CliError(f"invalid agent name: {exc}" if "agent name" in str(exc) else str(exc)) from None
+    params = {"role": role, "module": module, "worktree": ctx.worktree_name()}
+    if name:
+        params["name"] = name
+    if display:
+        params["display"] = display
+    if force:
+        params["force"] = True
+    if re_register:
+        params["re_register"] = True
+    result = ctx.call("agent.register", params)
+    if result.get("status") == "conflict":
+        conflict = result.get("conflict") or {}
+        raise CliError(
+            f"registration conflict: agent {conflict.get('existing_agent_id')} already exists as "
+            f"{conflict.get('role')} @ {conflict.get('module')} (registered {conflict.get('registered_at')})",
+            "Use --force to override or --re-register if this is the same agent returning.",
+            data=result)
+    agent_id = result["agent_id"]
+    ident = Identity(agent_id, role, module, display, ctx.worktree_name())
+    save_identity(ctx.paths.identities, ident)
+    return result, ident
+
+
+def _name_arg(ctx: Ctx) -> str:
+    return os.environ.get("THRUM_NAME") or getattr(ctx.args, "name", None) or ""
+
+
+@command("quickstart")
+def _setup_quickstart(c: Commands) -> None:
+    p = c.add(c.sub, "quickstart", "Register this agent, start a session and set its intent in one step",
+              cmd_quickstart)
+    p.add_argument("--name", help="agent name (lowercase letters, digits, _); THRUM_NAME wins")
+    p.add_argument("--display", default="", help="display name")
+    p.add_argument("--intent", default="", help="what you are about to work on")
+    p.add_argument("--force", action="store_true", help="take over the name even if it has another role/module")
+    p.add_argument("--dry-run", action="store_true", help="validate only")
+    p.add_argument("--runtime", default="", help=argparse.SUPPRESS)
+    p.add_argument("--preamble-file", default="", help=argparse.SUPPRESS)
+    p.add_argument("--no-init", action="store_true", help=argparse.SUPPRESS)
+
+
+def cmd_quickstart(ctx: Ctx) -> int:
+    from thrum.identity import InvalidName, validate_name
+
+    args = ctx.args
+    name = _name_arg(ctx)
+    role = args.role or os.environ.get("THRUM_ROLE", "")
+    module = args.module or os.environ.get("THRUM_MODULE", "")
+    if not role or not module:
+        raise UsageError("--role and --module are required (or set THRUM_ROLE and THRUM_MODULE env vars)")
+    if name:
+        try:
+            validate_name(name)
+        except InvalidName as exc:
+            raise CliError(f"invalid agent name: {exc}") from None
+    if args.dry_run:
+        ctx.emit({"dry_run": True, "name": name, "role": role, "module": module},
+                 [f"Would register @{name or role} ({role} @ {module}) and start a session"])
+        return 0
+    reg, ident = _register(ctx, name, role, module, args.display, force=args.force, re_register=args.force)
+    session = ctx.call("session.start", {"agent_id": ident.name, "caller_agent_id": ident.name,
+                                         "refs": [{"type": "worktree", "value": _worktree_path(ctx)}]})
+    data = {"register": reg, "session": session}
+    if args.intent:
+        data["intent"] = ctx.call("session.setIntent", {"session_id": session["session_id"],
+                                                        "intent": args.intent, "caller_agent_id": ident.name})
+    _bootstrap_context(ctx, ident.name)
+
+    def human(d):
+        lines = [f"✓ Registered as @{ident.name} ({ident.role} @ {ident.module})",
+                 f"✓ Session started: {d['session']['session_id']}"]
+        if "intent" in d:
+            lines.append(f"✓ Intent set: {d['intent']['intent']}")
+        if not ctx.quiet:
+            lines.append(f"  Identity saved to {os.path.relpath(ident.path, ctx.paths.repo)}")
+        return lines
+    ctx.emit(data, human)
+    return 0
+
+
+def _bootstrap_context(ctx: Ctx, name: str) -> None:
+    """An empty context file per agent, so `context show` and agents' instructions have a place to point."""
+    cdir = os.path.join(ctx.paths.local, "context")
+    os.makedirs(cdir, exist_ok=True)
+    path = os.path.join(cdir, name + ".md")
+    if not os.path.exists(path):
+        open(path, "a").close()
+
+
+def _worktree_path(ctx: Ctx) -> str:
+    from thrum.paths import find_git_toplevel
+
+    return find_git_toplevel(os.getcwd()) or ctx.paths.repo
+
+
+@command("whoami")
+def _setup_whoami(c: Commands) -> None:
+    p = c.add(c.sub, "whoami", "Show which agent identity this shell acts as", cmd_whoami)
+    p.add_argument("--name", help="choose among several identities")
+
+
+def cmd_whoami(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    data = {"agent_id": ident.name, "role": ident.role, "module": ident.module, "display": ident.display,
+            "worktree": ident.worktree, "identity_file": ident.path, "repo_id": os.path.basename(ctx.paths.main_repo),
+            "updated_at": ident.updated_at}
+    ctx.emit(data, [f"@{ident.name} ({ident.role} @ {ident.module})"]
+             + ([f"Display:  {ident.display}"] if ident.display else [])
+             + [f"Identity: {os.path.relpath(ident.path, ctx.paths.repo)}", f"Worktree: {ident.worktree}"])
+    return 0
+
+
+def _name_flag(p) -> None:
+    p.add_argument("--name", help="act as this agent (THRUM_NAME wins)")
+
+
+@command("agent")
+def _setup_agent(c: Commands) -> None:
+    g = c.group("agent", "Register and inspect agents")
+    p = c.add(g, "register", "Register an agent and save its identity file", cmd_agent_register)
+    p.add_argument("--name", help="agent name")
+    p.add_argument("--display", default="", help="display name")
+    p.add_argument("--force", action="store_true", help="override a conflicting registration")
+    p.add_argument("--re-register", action="store_true", help="update an existing registration")
+    p = c.add(g, "whoami", "Show the calling agent as the daemon knows it", cmd_agent_whoami)
+    _name_flag(p)
+    p = c.add(g, "list", "List registered agents", cmd_agent_list)
+    p.add_argument("--context", action="store_true", help="show work contexts instead")
+    p = c.add(g, "delete", "Delete an agent (its messages are kept)", cmd_agent_delete)
+    p.add_argument("agent", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    _session_commands(c, g, alias_group=True)
+
+
+def cmd_agent_register(ctx: Ctx) -> int:
+    name = _name_arg(ctx)
+    role = ctx.args.role or os.environ.get("THRUM_ROLE", "")
+    module = ctx.args.module or os.environ.get("THRUM_MODULE", "")
+    if not role or not module:
+        raise UsageError("role and module are required (use --role and --module flags or THRUM_ROLE and "
+                         "THRUM_MODULE env vars)")
+    result, ident = _register(ctx, name, role, module, ctx.args.display, force=ctx.args.force,
+                              re_register=ctx.args.re_register)
+    verb = "re-registered" if result["status"] == "updated" else "registered"
+    ctx.emit(result, [f"✓ Agent {verb}: {result['agent_id']}"])
+    return 0
+
+
+def cmd_agent_whoami(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    result = ctx.call("agent.whoami", ctx.caller(ident=ident))
+
+    def human(r):
+        lines = [f"Agent ID:  {r['agent_id']}", f"Role:      @{r['role']}", f"Module:    {r['module']}",
+                 f"Display:   {r.get('display', '')}", f"Source:    {r['source']}"]
+        if r.get("session_id"):
+            lines.append(f"Session:   {r['session_id']} ({ago(r['session_start'])})")
+        else:
+            lines.append("Session:   none (use 'thrum session start' to begin)")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_agent_list(ctx: Ctx) -> int:
+    params = {}
+    if ctx.args.role:
+        params["role"] = ctx.args.role
+    if ctx.args.module:
+        params["module"] = ctx.args.module
+    if ctx.args.context:
+        return _show_contexts(ctx)
+    result = ctx.call("agent.list", params)
+
+    def human(r):
+        agents = r["agents"]
+        if not agents:
+            return ["No agents registered.", "  Tip: Register with 'thrum quickstart --name NAME --role ROLE "
+                                             "--module MODULE'"]
+        lines = [f"Registered agents ({len(agents)}):", ""]
+        for a in agents:
+            active = a["status"] == "active"
+            lines.append(f"┌─ {'●' if active else '○'} @{a['agent_id']} ({a['role']}) ({a['status']})")
+            lines.append(f"│  Module:  {a['module']}")
+            if a.get("intent"):
+                lines.append(f"│  Intent:  {a['intent'][:50]}")
+            if a.get("current_task"):
+                lines.append(f"│  Task:    {a['current_task'][:50]}")
+            if a.get("branch"):
+                lines.append(f"│  Branch:  {a['branch']}")
+            label = "Active:" if active else "Last seen:"
+            lines.append(f"│  {label}  {ago(a.get('last_seen_at', ''))}")
+            lines.append("└─")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def _show_contexts(ctx: Ctx) -> int:
+    try:
+        result = ctx.call("agent.listContext", {})
+    except CliError as exc:
+        if exc.rpc_code != -32601:
+            raise
+        result = {"contexts": []}
+
+    def human(r):
+        if not r["contexts"]:
+            return ["No active work contexts found."]
+        lines = [f"{'AGENT':<20} {'BRANCH':<24} {'COMMITS':>7} {'FILES':>5}  INTENT"]
+        for w in r["contexts"]:
+            lines.append(f"{w['agent_id'][:20]:<20} {(w.get('branch') or '-')[:24]:<24} "
+                         f"{len(w.get('unmerged_commits') or []):>7} {len(w.get('changed_files') or []):>5}  "
+                         f"{w.get('intent') or '-'}")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_agent_delete(ctx: Ctx) -> int:
+    name = ctx.args.agent.lstrip("@")
+    if not ctx.args.force:
+        if not sys.stdin.isatty():
+            raise CliError(f"refusing to delete agent '{name}' without confirmation", "Pass --force to confirm")
+        answer = input(f"Delete agent '{name}' and its identity? Its messages are kept. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Deletion canceled.")
+            return 1
+    result = ctx.call("agent.delete", {"name": name})
+    ctx.emit(result, [f"✓ Agent {name} deleted successfully"])
+    return 0
+
+
+@command("session")
+def _setup_session(c: Commands) -> None:
+    g = c.group("session", "Start and end work sessions, set intent and task")
+    _session_commands(c, g, alias_group=False)
+
+
+def _session_commands(c: Commands, g, alias_group: bool) -> None:
+    p = c.add(g, "start", "Start a work session (ends this agent's stale session here)", cmd_session_start)
+    _name_flag(p)
+    p = c.add(g, "end", "End the current session", cmd_session_end)
+    _name_flag(p)
+    p.add_argument("--reason", default="normal")
+    p.add_argument("--session-id", default="")
+    if not alias_group:
+        p = c.add(g, "list", "List sessions", cmd_session_list)
+        p.add_argument("--active", action="store_true", help="only active sessions")
+        p.add_argument("--agent", default="", help="only this agent's sessions")
+    p = c.add(g, "heartbeat", "Report that this agent is alive", cmd_session_heartbeat)
+    _name_flag(p)
+    p = c.add(g, "set-intent", "Say what you are working on ('' clears it)", cmd_session_set_intent)
+    p.add_argument("text", metavar="TEXT")
+    _name_flag(p)
+    p = c.add(g, "set-task", "Set the current task ('' clears it)", cmd_session_set_task)
+    p.add_argument("text", metavar="TASK")
+    _name_flag(p)
+
+
+def cmd_session_start(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    result = ctx.call("session.start", {"agent_id": ident.name, "caller_agent_id": ident.name,
+                                        "refs": [{"type": "worktree", "value": _worktree_path(ctx)}]})
+    ctx.emit(result, [f"✓ Session started: {result['session_id']}", f"  Agent:      {result['agent_id']}",
+                      f"  Started:    {local_time(result['started_at'])}"])
+    return 0
+
+
+def cmd_session_end(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    params = ctx.caller({"reason": ctx.args.reason}, ident)
+    if ctx.args.session_id:
+        params["session_id"] = ctx.args.session_id
+    else:
+        who = ctx.call("agent.whoami", ctx.caller(ident=ident))
+        if not who.get("session_id"):
+            raise CliError("no active session to end")
+        params["session_id"] = who["session_id"]
+    result = ctx.call("session.end", params)
+    ctx.emit(result, [f"✓ Session ended: {result['session_id']}", f"  Ended:      {local_time(result['ended_at'])}",
+                      f"  Duration:   {duration_text(result['duration_ms'])}"])
+    return 0
+
+
+def cmd_session_list(ctx: Ctx) -> int:
+    params = {"active_only": ctx.args.active}
+    if ctx.args.agent:
+        params["agent_id"] = ctx.args.agent.lstrip("@")
+    result = ctx.call("session.list", params)
+
+    def human(r):
+        if not r["sessions"]:
+            return ["No sessions found."]
+        lines = [f"Sessions ({len(r['sessions'])}):"]
+        for s in r["sessions"]:
+            lines += ["", f"  {s['session_id']} [{s['status']}]", f"    Agent:    {s['agent_id']}",
+                      f"    Started:  {local_time(s['started_at'])}"]
+            if s.get("ended_at"):
+                lines.append(f"    Ended:    {local_time(s['ended_at'])}")
+            if s.get("intent"):
+                lines.append(f"    Intent:   {s['intent']}")
+            if s.get("end_reason") and s["end_reason"] != "normal":
+                lines.append(f"    Reason:   {s['end_reason']}")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def _session_call(ctx: Ctx, method: str, extra: dict) -> dict:
+    from thrum.rpc import RPCError
+
+    ident = ctx.identity()
+    try:
+        return ctx.client().call(method, ctx.caller(extra, ident))
+    except RPCError as exc:
+        if exc.code == -32004:
+            raise CliError("no active session - start one with 'thrum session start'") from None
+        raise CliError(exc.message, rpc_code=exc.code) from None
+
+
+def cmd_session_heartbeat(ctx: Ctx) -> int:
+    result = _session_call(ctx, "session.heartbeat", {})
+    ctx.emit(result, [f"✓ Heartbeat sent: {result['session_id']}"])
+    return 0
+
+
+def cmd_session_set_intent(ctx: Ctx) -> int:
+    result = _session_call(ctx, "session.setIntent", {"intent": ctx.args.text})
+    ctx.emit(result, [f"✓ Intent set: {result['intent']}" if result["intent"] else "✓ Intent cleared"])
+    return 0
+
+
+def cmd_session_set_task(ctx: Ctx) -> int:
+    result = _session_call(ctx, "session.setTask", {"current_task": ctx.args.text})
+    ctx.emit(result, [f"✓ Task set: {result['current_task']}" if result["current_task"] else "✓ Task cleared"])
+    return 0
+
+
+# -- messaging ---------------------------------------------------------------------------------
+
+@command("send")
+def _setup_send(c: Commands) -> None:
+    p = c.add(c.sub, "send", "Send a message (to @name, @role, @group or @everyone)", cmd_send)
+    p.add_argument("message", metavar="MESSAGE", help="the message text ('-' reads it from stdin)")
+    p.add_argument("--to", action="append", help="recipient: @name, @role, @group or @everyone (repeatable)")
+    p.add_argument("--mention", action="append", help="also mention @name or @role (repeatable)")
+    p.add_argument("--scope", action="append", help="scope type:value (repeatable, comma-separated)")
+    p.add_argument("--ref", action="append", help="reference type:value (repeatable, comma-separated)")
+    p.add_argument("--thread", default="", help="thread id")
+    p.add_argument("--reply-to", default="", help="message id this answers")
+    p.add_argument("--structured", default="", help="a JSON object attached to the message")
+    p.add_argument("-p", "--priority", default="normal", choices=["critical", "high", "normal", "low"])
+    p.add_argument("--format", default="markdown", choices=["markdown", "plain", "json"])
+    p.add_argument("-b", "--broadcast", action="store_true", help=argparse.SUPPRESS)
+    _name_flag(p)
+
+
+def _read_text(text: str) -> str:
+    return sys.stdin.read() if text == "-" else text
+
+
+def cmd_send(ctx: Ctx) -> int:
+    args = ctx.args
+    ident = ctx.identity()
+    if args.broadcast and args.to:
+        raise UsageError("--broadcast and --to are mutually exclusive")
+    mentions = [m if m.startswith("@") else "@" + m for m in split_list(args.to)] + split_list(args.mention)
+    if args.broadcast:
+        mentions.append("@everyone")
+    params = ctx.caller({"content": _read_text(args.message), "format": args.format, "priority": args.priority,
+                         "client_id": _client_id()}, ident)
+    if mentions:
+        params["mentions"] = mentions
+    if args.scope:
+        params["scopes"] = split_pairs(args.scope, "scope")
+    if args.ref:
+        params["refs"] = split_pairs(args.ref, "ref")
+    if args.thread:
+        params["thread_id"] = args.thread
+    if args.reply_to:
+        params["reply_to"] = args.reply_to
+    if args.structured:
+        try:
+            structured = json.loads(args.structured)
+        except ValueError as exc:
+            raise UsageError(f"invalid structured data: {exc}") from None
+        if not isinstance(structured, dict):
+            raise UsageError("invalid structured data: must be a JSON object")
+        params["structured"] = structured
+    result = _send_with_retry(ctx, params)
+    lines = [f"✓ Message sent: {result['message_id']}"]
+    if result.get("thread_id"):
+        lines.append(f"  Thread: {result['thread_id']}")
+    if not ctx.quiet:
+        lines.append(f"  To:      {', '.join(mentions) if mentions else '(everyone: no recipient given)'}")
+        if result.get("priority", "normal") != "normal":
+            lines.append(f"  Priority: {result['priority']}")
+    ctx.emit(result, lines)
+    return 0
+
+
+def _client_id() -> str:
+    return "cli_" + os.urandom(8).hex()
+
+
+def _send_with_retry(ctx: Ctx, params: dict) -> dict:
+    """Send; if the connection dropped before the answer, retry once with the same client id.
+
+    The daemon answers a repeated client id with the first message, so the retry
+    can never create a duplicate.
+    """
+    try:
+        return ctx.call("message.send", params)
+    except CliError as exc:
+        if exc.rpc_code is not None or ctx._client is None:
+            raise
+    ctx.close()
+    ctx._client = None
+    return ctx.call("message.send", params)
+
+
+@command("reply")
+def _setup_reply(c: Commands) -> None:
+    p = c.add(c.sub, "reply", "Reply to a message (reaches its author and its recipients)", cmd_reply)
+    p.add_argument("message_id", metavar="MSG_ID")
+    p.add_argument("text", metavar="TEXT", help="reply text ('-' reads stdin)")
+    p.add_argument("--format", default="markdown", choices=["markdown", "plain", "json"])
+    p.add_argument("-p", "--priority", default="normal", choices=["critical", "high", "normal", "low"])
+    _name_flag(p)
+
+
+def cmd_reply(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    try:
+        parent = ctx.call("message.get", {"message_id": ctx.args.message_id, "caller_agent_id": ident.name})
+    except CliError as exc:
+        raise CliError(f"failed to get parent message: {exc.message}", rpc_code=exc.rpc_code) from None
+    msg = parent["message"]
+    mentions = []
+    for ref in msg.get("refs", []):
+        if ref["type"] == "mention" and ref["value"] != ident.name:
+            mentions.append("@" + ref["value"])
+    for scope in msg.get("scopes", []):
+        if scope["type"] == "group":
+            mentions.append("@" + scope["value"])
+    params = ctx.caller({"content": _read_text(ctx.args.text), "format": ctx.args.format,
+                         "priority": ctx.args.priority, "reply_to": msg["message_id"],
+                         "client_id": _client_id()}, ident)
+    if msg.get("thread_id"):
+        params["thread_id"] = msg["thread_id"]
+    mentions = list(dict.fromkeys(mentions))
+    if mentions:
+        params["mentions"] = mentions
+    result = _send_with_retry(ctx, params)
+    try:
+        ctx.call("message.markRead", ctx.caller({"message_ids": [msg["message_id"]]}, ident))
+    except CliError:
+        pass
+    ctx.emit(result, [f"✓ Reply sent: {result['message_id']}",
+                      *([] if ctx.quiet else [f"  In reply to: {msg['message_id']} from @{msg['agent_id']}"])])
+    return 0
+
+
+@command("inbox")
+def _setup_inbox(c: Commands) -> None:
+    p = c.add(c.sub, "inbox", "Show messages for you (direct, role, group and broadcast) and mark them read",
+              cmd_inbox)
+    p.add_argument("--scope", action="append", help="only messages with this scope type:value")
+    p.add_argument("--mentions", action="store_true", help="only messages that mention you or your role")
+    p.add_argument("--unread", action="store_true", help="only unread messages")
+    p.add_argument("-a", "--all", action="store_true", help="every message, not only those for you")
+    p.add_argument("--page-size", type=int, default=10, help="messages per page (1-100)")
+    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--no-mark-read", "--peek", dest="no_mark_read", action="store_true",
+                   help="do not mark the shown messages read")
+    _name_flag(p)
+
+
+def cmd_inbox(ctx: Ctx) -> int:
+    args = ctx.args
+    ident = ctx.identity()
+    if not 1 <= args.page_size <= 100:
+        raise UsageError("--page-size must be between 1 and 100")
+    params = ctx.caller({"exclude_self": True, "page": max(1, args.page), "page_size": args.page_size}, ident)
+    if not args.all:
+        params["for_agent"] = ident.name
+        params["for_agent_role"] = ident.role
+    scopes = split_pairs(args.scope, "scope")
+    if scopes:
+        params["scope"] = scopes[0]
+    if args.mentions:
+        params["mentions"] = True
+    if args.unread:
+        params["unread"] = True
+    result = ctx.call("message.list", params)
+    shown_unread = [m["message_id"] for m in result["messages"] if not m.get("is_read")]
+    if shown_unread and not args.no_mark_read:
+        ctx.call("message.markRead", ctx.caller({"message_ids": shown_unread}, ident))
+    _render_inbox(ctx, result, ident, scopes)
+    return 0
+
+
+def _render_inbox(ctx: Ctx, result: dict, ident, scopes: list) -> None:
+    def human(r):
+        msgs = r["messages"]
+        if not msgs:
+            if scopes:
+                return [f"No messages matching filter --scope {scopes[0]['type']}:{scopes[0]['value']}"]
+            return [f"No messages for @{ident.name}."] if not ctx.args.all else ["No messages in inbox."]
+        import shutil
+
+        width = max(40, min(120, shutil.get_terminal_size((80, 24)).columns - 2))
+        ordered = _cluster_replies(msgs)
+        lines = ["┌" + "─" * (width - 2) + "┐"]
+        for i, (m, is_reply) in enumerate(ordered):
+            if i:
+                lines.append("├" + "─" * (width - 2) + "┤")
+            mark = "○" if m.get("is_read") else "●"
+            to = [("@" + x["value"]) for x in m.get("refs", []) if x["type"] in ("mention", "group")]
+            prio = f"  [{m['priority']}]" if m.get("priority", "normal") != "normal" else ""
+            edited = " (edited)" if m.get("updated_at") else ""
+            arrow = "↳ " if is_reply else ""
+            head = f"{mark} {m['message_id']}  {arrow}@{m['agent_id']}"
+            if to:
+                head += " → " + ", ".join(dict.fromkeys(to))
+            head += f"  {ago(m['created_at'])}{prio}{edited}"
+            lines += _boxed(head, width, indent="  " if is_reply else "")
+            for para in m["body"]["content"].splitlines() or [""]:
+                lines += _boxed(para, width, indent="    " if is_reply else "  ")
+        lines.append("└" + "─" * (width - 2) + "┘")
+        start = (r["page"] - 1) * r["page_size"] + 1
+        end = start + len(msgs) - 1
+        footer = f"Showing {start}-{end} of {r['total']} messages ({r['unread']} unread)"
+        if not ctx.args.all:
+            footer += f" (filtered for @{ident.name})"
+        lines.append(footer)
+        if r["total_pages"] > r["page"]:
+            lines.append(f"  More: thrum inbox --page {r['page'] + 1}")
+        return lines
+    ctx.emit(result, human)
+
+
+def _cluster_replies(msgs: list[dict]) -> list[tuple[dict, bool]]:
+    """Keep the page's order, but put each reply right under its parent when both are shown."""
+    by_id = {m["message_id"]: m for m in msgs}
+    children: dict[str, list[dict]] = {}
+    for m in msgs:
+        if m.get("reply_to") in by_id:
+            children.setdefault(m["reply_to"], []).append(m)
+    out: list[tuple[dict, bool]] = []
+    placed: set[str] = set()
+
+    def place(m: dict, depth: int) -> None:
+        if m["message_id"] in placed:
+            return
+        placed.add(m["message_id"])
+        out.append((m, depth > 0))
+        for child in sorted(children.get(m["message_id"], []), key=lambda x: x["created_at"]):
+            place(child, depth + 1)
+    for m in msgs:
+        if m.get("reply_to") not in by_id:
+            place(m, 0)
+    for m in msgs:
+        place(m, 0)
+    return out
+
+
+def _display_width(text: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
+               for ch in text)
+
+
+def _boxed(text: str, width: int, indent: str = "") -> list[str]:
+    """Wrap `text` into `│ … │` lines by display width (not bytes), so UTF-8 never breaks the box."""
+    inner = width - 4 - len(indent)
+    out, line, used = [], "", 0
+    for ch in text.replace("\t", "    "):
+        w = _display_width(ch)
+        if used + w > inner:
+            out.append(line)
+            line, used = "", 0
+        line += ch
+        used += w
+    out.append(line)
+    return [f"│ {indent}{chunk}{' ' * (inner - _display_width(chunk))} │" for chunk in out]
+
+
+@command("message")
+def _setup_message(c: Commands) -> None:
+    g = c.group("message", "Get, edit, delete or mark messages read")
+    p = c.add(g, "get", "Show one message", cmd_message_get)
+    p.add_argument("message_id", metavar="ID")
+    _name_flag(p)
+    p = c.add(g, "edit", "Edit your message", cmd_message_edit)
+    p.add_argument("message_id", metavar="ID")
+    p.add_argument("text", metavar="TEXT")
+    _name_flag(p)
+    p = c.add(g, "delete", "Delete your message", cmd_message_delete)
+    p.add_argument("message_id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="confirm the deletion")
+    p.add_argument("--reason", default="")
+    _name_flag(p)
+    p = c.add(g, "read", "Mark messages read", cmd_message_read)
+    p.add_argument("message_ids", metavar="ID", nargs="*")
+    p.add_argument("--all", action="store_true", help="mark every unread message in your inbox read")
+    _name_flag(p)
+
+
+def cmd_message_get(ctx: Ctx) -> int:
+    params = {"message_id": ctx.args.message_id}
+    ident = None
+    try:
+        ident = ctx.identity()
+        params["caller_agent_id"] = ident.name
+    except CliError:
+        pass
+    result = ctx.call("message.get", params)
+    if ident is not None and not result["message"].get("is_read"):
+        try:
+            ctx.call("message.markRead", ctx.caller({"message_ids": [ctx.args.message_id]}, ident))
+        except CliError as exc:
+            ctx.warn(f"Warning: could not mark as read: {exc.message}")
+
+    def human(r):
+        m = r["message"]
+        lines = [f"Message: {m['message_id']}", f"  From:     @{m['agent_id']}",
+                 f"  Time:     {local_time(m['created_at'])} ({ago(m['created_at'])})"]
+        if m.get("reply_to"):
+            lines.append(f"  Reply to: {m['reply_to']}")
+        if m.get("thread_id"):
+            lines.append(f"  Thread:   {m['thread_id']}")
+        if m.get("priority", "normal") != "normal":
+            lines.append(f"  Priority: {m['priority']}")
+        if m.get("scopes"):
+            lines.append("  Scopes:   " + ", ".join(f"{s['type']}:{s['value']}" for s in m["scopes"]))
+        if m.get("refs"):
+            lines.append("  Refs:     " + ", ".join(f"{s['type']}:{s['value']}" for s in m["refs"]))
+        if m.get("updated_at"):
+            lines.append(f"  Edited:   {local_time(m['updated_at'])} (version {m.get('version', 1)})")
+        if m.get("deleted"):
+            lines.append("  Status:   DELETED")
+        lines += ["", m["body"]["content"]]
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_message_edit(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    result = ctx.call("message.edit", ctx.caller({"message_id": ctx.args.message_id,
+                                                  "content": _read_text(ctx.args.text)}, ident))
+    ctx.emit(result, [f"✓ Message edited: {result['message_id']} (version {result['version']})"])
+    return 0
+
+
+def cmd_message_delete(ctx: Ctx) -> int:
+    if not ctx.args.force:
+        raise UsageError("use --force to confirm deletion")
+    ident = ctx.identity()
+    params = ctx.caller({"message_id": ctx.args.message_id}, ident)
+    if ctx.args.reason:
+        params["reason"] = ctx.args.reason
+    result = ctx.call("message.delete", params)
+    ctx.emit(result, [f"✓ Message deleted: {result['message_id']}"])
+    return 0
+
+
+def cmd_message_read(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    ids = list(ctx.args.message_ids)
+    remaining = 0
+    if ctx.args.all:
+        listing = ctx.call("message.list", ctx.caller({"for_agent": ident.name, "for_agent_role": ident.role,
+                                                       "exclude_self": True, "unread": True, "page_size": 100},
+                                                      ident))
+        ids += [m["message_id"] for m in listing["messages"]]
+        remaining = max(0, listing["total"] - len(listing["messages"]))
+    elif not ids:
+        raise UsageError("requires at least 1 message id or --all")
+    if not ids:
+        ctx.emit({"marked_count": 0}, ["No unread messages."])
+        return 0
+    result = ctx.call("message.markRead", ctx.caller({"message_ids": ids}, ident))
+    n = result["marked_count"]
+    lines = [f"✓ Marked {n} message{'s' if n != 1 else ''} as read"]
+    if result.get("not_found"):
+        lines.append(f"  Not found: {', '.join(result['not_found'])}")
+    if remaining:
+        lines.append(f"  {remaining} unread messages remaining (run again to mark more)")
+    ctx.emit(result, lines)
+    return 1 if result.get("not_found") and n == 0 else 0
+
+
+# -- groups, team, status ---------------------------------------------------------------------
+
+@command("group")
+def _setup_group(c: Commands) -> None:
+    g = c.group("group", "Create groups of agents and roles, and manage their members")
+    p = c.add(g, "create", "Create a group", cmd_group_create)
+    p.add_argument("group", metavar="NAME")
+    p.add_argument("--description", default="")
+    p = c.add(g, "delete", "Delete a group", cmd_group_delete)
+    p.add_argument("group", metavar="NAME")
+    for verb, func in (("add", cmd_group_add), ("remove", cmd_group_remove)):
+        p = c.add(g, verb, f"{verb.capitalize()} a member: an agent, --role R or --group G", func)
+        p.add_argument("group", metavar="GROUP")
+        p.add_argument("member", metavar="MEMBER", nargs="?", help="agent name (@name)")
+        p.add_argument("--role", dest="member_role", default="", help="every agent with this role ('*' = all)")
+        p.add_argument("--group", dest="member_group", default="", help="another group (nested)")
+    c.add(g, "list", "List groups", cmd_group_list)
+    p = c.add(g, "info", "Show a group and its members", cmd_group_info)
+    p.add_argument("group", metavar="NAME")
+    p = c.add(g, "members", "List a group's members", cmd_group_members)
+    p.add_argument("group", metavar="NAME")
+    p.add_argument("--expand", action="store_true", help="resolve roles and nested groups to agents")
+
+
+def _actor(ctx: Ctx) -> dict:
+    try:
+        return {"caller_agent_id": ctx.identity().name}
+    except CliError:
+        return {}
+
+
+def cmd_group_create(ctx: Ctx) -> int:
+    params = {"name": ctx.args.group.lstrip("@"), **_actor(ctx)}
+    if ctx.args.description:
+        params["description"] = ctx.args.description
+    result = ctx.call("group.create", params)
+    ctx.emit(result, [f"✓ Group created: {result['name']} ({result['group_id']})"])
+    return 0
+
+
+def cmd_group_delete(ctx: Ctx) -> int:
+    result = ctx.call("group.delete", {"name": ctx.args.group.lstrip("@"), **_actor(ctx)})
+    ctx.emit(result, [f"✓ Group deleted: {result['name']}"])
+    return 0
+
+
+def _member_params(ctx: Ctx) -> dict:
+    a = ctx.args
+    given = [x for x in (a.member, a.member_role, a.member_group) if x]
+    if len(given) != 1:
+        raise UsageError("provide exactly one of: a member argument, --role or --group")
+    if a.member_role:
+        mtype, value = "role", a.member_role
+    elif a.member_group:
+        mtype, value = "group", a.member_group.lstrip("@")
+    else:
+        mtype, value = "agent", a.member.lstrip("@")
+    return {"group": a.group.lstrip("@"), "member_type": mtype, "member_value": value, **_actor(ctx)}
+
+
+def _member_label(r: dict) -> str:
+    return "@" + r["member_value"] if r["member_type"] == "agent" else f"{r['member_type']}:{r['member_value']}"
+
+
+def cmd_group_add(ctx: Ctx) -> int:
+    result = ctx.call("group.member.add", _member_params(ctx))
+    text = (f"✓ Added {_member_label(result)} to {result['group']}" if result["status"] == "added"
+            else f"✓ {_member_label(result)} is already in {result['group']}")
+    ctx.emit(result, [text])
+    return 0
+
+
+def cmd_group_remove(ctx: Ctx) -> int:
+    result = ctx.call("group.member.remove", _member_params(ctx))
+    if result["status"] != "removed":
+        raise CliError(f"{_member_label(result)} is not a member of {result['group']}", data=result)
+    ctx.emit(result, [f"✓ Removed {_member_label(result)} from {result['group']}"])
+    return 0
+
+
+def cmd_group_list(ctx: Ctx) -> int:
+    result = ctx.call("group.list", {})
+
+    def human(r):
+        if not r["groups"]:
+            return ["No groups found."]
+        return [f"  {g['name']:<20} {g.get('description') or '(no description)':<40} {g['member_count']} members"
+                for g in r["groups"]]
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_group_info(ctx: Ctx) -> int:
+    result = ctx.call("group.info", {"name": ctx.args.group.lstrip("@")})
+
+    def human(r):
+        lines = [f"Group:       {r['name']}", f"Description: {r.get('description', '')}", f"ID:          {r['group_id']}",
+                 f"Created:     {local_time(r['created_at'])} by {r['created_by']}",
+                 f"Members ({len(r['members'])}):"]
+        for m in r["members"]:
+            if m["member_type"] == "role" and m["member_value"] == "*":
+                lines.append("  role:* (all agents)")
+            else:
+                lines.append("  " + _member_label(m))
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_group_members(ctx: Ctx) -> int:
+    result = ctx.call("group.members", {"name": ctx.args.group.lstrip("@"), "expand": ctx.args.expand})
+
+    def human(r):
+        lines = [f"Members ({len(r['members'])}):"] + ["  " + _member_label(m) for m in r["members"]]
+        if "expanded" in r:
+            lines += [f"Expanded ({len(r['expanded'])} agents):"] + [f"  @{a}" for a in r["expanded"]]
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+@command("team")
+def _setup_team(c: Commands) -> None:
+    p = c.add(c.sub, "team", "Who is working: agents with sessions, their intent, branch and inbox", cmd_team)
+    p.add_argument("--all", action="store_true", help="include offline agents")
+
+
+def cmd_team(ctx: Ctx) -> int:
+    result = ctx.call("team.list", {"include_offline": ctx.args.all})
+
+    def human(r):
+        if not r["members"]:
+            return ["No active agents. Use --all to include offline agents."]
+        lines = []
+        for m in r["members"]:
+            lines.append(f"=== @{m['agent_id']} ({m['role']} @ {m['module']}) ===")
+            if m.get("hostname") or m.get("worktree_path"):
+                lines.append(f"Location: {m.get('hostname', '')} {m.get('worktree_path', '')}".rstrip())
+            if m["status"] == "active":
+                lines.append(f"Session:  {m['session_id']} (active {ago(m.get('session_start', ''))})")
+            else:
+                lines.append(f"Session:  offline (last seen {ago(m.get('last_seen', ''))})")
+            if m.get("intent"):
+                lines.append(f"Intent:   {m['intent']}")
+            if m.get("current_task"):
+                lines.append(f"Task:     {m['current_task']}")
+            lines.append(f"Inbox:    {m['inbox_unread']} unread / {m['inbox_total']} total")
+            if m.get("branch"):
+                lines.append(f"Branch:   {m['branch']} ({m['unmerged_commits']} commits ahead)")
+            files = m.get("changed_files") or []
+            lines.append("Files:    " + (", ".join(files[:8]) + (" …" if len(files) > 8 else "") if files
+                                         else "(no changes)"))
+            lines.append("")
+        shared = r.get("shared_messages") or {}
+        if shared:
+            lines.append("--- Shared ---")
+            lines.append(f"Broadcasts: {shared.get('broadcasts', 0)} messages")
+            for g, n in sorted((shared.get("groups") or {}).items()):
+                lines.append(f"@{g}: {n} messages")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+@command("status")
+def _setup_status(c: Commands) -> None:
+    p = c.add(c.sub, "status", "Your identity, session, inbox, and the daemon's health", cmd_status)
+    _name_flag(p)
+
+
+def cmd_status(ctx: Ctx) -> int:
+    health = ctx.call("health")
+    data: dict = {"health": health}
+    try:
+        ident = ctx.identity()
+    except CliError:
+        ident = None
+    if ident is not None:
+        from thrum.rpc import RPCError
+
+        try:
+            data["agent"] = ctx.client().call("agent.whoami", {"caller_agent_id": ident.name})
+        except RPCError:
+            data["agent"] = {"agent_id": ident.name, "role": ident.role, "module": ident.module,
+                             "registered": False}
+        if data["agent"].get("session_id"):
+            sessions = ctx.call("session.list", {"agent_id": ident.name, "active_only": True, "limit": 1})
+            if sessions["sessions"]:
+                s = sessions["sessions"][0]
+                data["work_context"] = {k: s[k] for k in ("intent", "current_task") if s.get(k)}
+        inbox = ctx.call("message.list", {"for_agent": ident.name, "for_agent_role": ident.role,
+                                          "exclude_self": True, "caller_agent_id": ident.name, "page_size": 1})
+        data["inbox"] = {"total": inbox["total"], "unread": inbox["unread"]}
+    port = _ws_port(ctx)
+    if port:
+        data["websocket_port"] = port
+
+    def human(d):
+        h = d["health"]
+        lines = []
+        a = d.get("agent")
+        if a is None:
+            lines.append("Agent:    not registered (use 'thrum quickstart')")
+        elif a.get("registered") is False:
+            lines.append(f"Agent:    {a['agent_id']} (identity file only; not registered with the daemon)")
+        else:
+            lines += [f"Agent:    {a['agent_id']} (@{a['role']})", f"Module:   {a['module']}"]
+            if a.get("display"):
+                lines.append(f"Display:  {a['display']}")
+            if a.get("session_id"):
+                lines.append(f"Session:  {a['session_id']} (started {ago(a['session_start'])})")
+            else:
+                lines.append("Session:  none (use 'thrum session start' to begin)")
+            wc = d.get("work_context") or {}
+            if wc.get("intent"):
+                lines.append(f"Intent:   {wc['intent']}")
+            if wc.get("current_task"):
+                lines.append(f"Task:     {wc['current_task']}")
+        if "inbox" in d:
+            lines.append(f"Inbox:    {d['inbox']['total']} messages ({d['inbox']['unread']} unread)")
+        lines.append(f"Sync:     {h.get('sync_state', 'unknown')}")
+        lines.append(f"Daemon:   running ({duration_text(h['uptime_ms'])} uptime, v{h['version']})")
+        if d.get("websocket_port"):
+            lines.append(f"WebSocket: ws://127.0.0.1:{d['websocket_port']}/ws")
+        return lines
+    ctx.emit(data, human)
+    return 0
+
+
+def _ws_port(ctx: Ctx) -> int | None:
+    for base in (ctx.paths.var, os.path.join(ctx.paths.local, "var")):
+        try:
+            with open(os.path.join(base, "ws.port")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None

@@ -1,0 +1,821 @@
+"""The daemon: one selectors loop, its Unix-socket server, and its lifecycle.
+
+The loop serves every connection, timer and child process of the daemon; nothing
+else runs threads. Each turn it reads what is ready, runs every complete request
+as one batch (group commit: one fsync for all the writes of the turn, see
+store.py), then answers. Slow work (git) runs in child processes whose pipes the
+loop watches, so it never blocks a request.
+
+Lifecycle: the flock on `var/thrum.lock` is taken before anything else and held
+for the daemon's life (the file is never unlinked, so two starts can never both
+win); then the JSON pid file, the store, and last the socket, so a successful
+`health` call means the daemon is ready.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import heapq
+import json
+import logging
+import logging.handlers
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import traceback
+
+from thrum import __version__
+from thrum.events import now_timestamp
+from thrum.rpc import (
+    InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
+    decode_request, encode_error, encode_notification, encode_response, request_id_of, MAX_LINE,
+)
+
+__all__ = ["Loop", "Daemon", "run_daemon", "LOCK_NAME", "PID_NAME", "SOCKET_NAME", "LOG_NAME"]
+
+log = logging.getLogger("thrum.daemon")
+
+LOCK_NAME, PID_NAME, SOCKET_NAME, LOG_NAME = "thrum.lock", "thrum.pid", "thrum.sock", "daemon.log"
+MAX_BATCH = 1000               # requests run per loop turn, so one flood cannot starve timers
+MAX_OUTBUF = 16 * 1024 * 1024  # a reader this far behind is cut off rather than grow memory
+MAX_CONNECTIONS = 1024
+READ_CHUNK = 256 * 1024
+
+
+# -- the loop --------------------------------------------------------------------
+
+class Loop:
+    """A selectors loop with timers, a self-pipe for signals, and async child processes."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list = []
+        self._seq = 0
+        self._soon: list = []
+        self.running = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
+        self.after_turn = []  # callables run after each turn's ready handlers (batch commit)
+
+    # scheduling
+
+    def call_later(self, delay: float, fn, *args) -> list:
+        self._seq += 1
+        entry = [time.monotonic() + max(0.0, delay), self._seq, fn, args, False]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    @staticmethod
+    def cancel(entry: list) -> None:
+        entry[4] = True
+
+    def call_soon(self, fn, *args) -> None:
+        self._soon.append((fn, args))
+        self.wakeup()
+
+    def wakeup(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _drain_wakeup(self, mask: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def install_signal_wakeup(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+    # fds
+
+    def add_reader(self, fileobj, callback) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def modify(self, fileobj, events: int, callback) -> None:
+        self.selector.modify(fileobj, events, callback)
+
+    def remove(self, fileobj) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    # running
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        timeout = max_wait
+        if self._soon:
+            timeout = 0
+        elif self._timers:
+            timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+        for key, mask in self.selector.select(timeout):
+            try:
+                key.data(mask)
+            except Exception:  # one bad handler must not stop the daemon
+                log.error("handler failed:\n%s", traceback.format_exc())
+        soon, self._soon = self._soon, []
+        for fn, args in soon:
+            self._guard(fn, *args)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            entry = heapq.heappop(self._timers)
+            if not entry[4]:
+                self._guard(entry[2], *entry[3])
+        for fn in self.after_turn:
+            self._guard(fn)
+
+    @staticmethod
+    def _guard(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.error("callback failed:\n%s", traceback.format_exc())
+
+    def close(self) -> None:
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # child processes
+
+    def spawn(self, argv: list[str], on_done, *, cwd: str | None = None, env: dict | None = None,
+              timeout: float = 30.0, stdin_data: bytes | None = None, max_output: int = 64 * 1024 * 1024):
+        """Run a child without blocking; call on_done(returncode, stdout, stderr) when it ends.
+
+        A child past its timeout is killed and reported with returncode -9. Output
+        beyond `max_output` bytes is dropped (and the child killed), bounding memory.
+        """
+        return _Child(self, argv, on_done, cwd, env, timeout, stdin_data, max_output)
+
+
+class _Child:
+    def __init__(self, loop: Loop, argv, on_done, cwd, env, timeout, stdin_data, max_output) -> None:
+        self.loop, self.on_done, self.max_output = loop, on_done, max_output
+        self.out, self.err = bytearray(), bytearray()
+        self.open_pipes = 2
+        self.done = False
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin_data is not None
+                                     else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     close_fds=True, start_new_session=True)
+        if stdin_data is not None:
+            try:  # small inputs only (a pipe buffer); larger ones would need a writer
+                self.proc.stdin.write(stdin_data)
+            except BrokenPipeError:
+                pass
+            self.proc.stdin.close()
+        for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            os.set_blocking(pipe.fileno(), False)
+            loop.add_reader(pipe, lambda mask, p=pipe, b=buf: self._read(p, b))
+        self.timer = loop.call_later(timeout, self._timeout)
+
+    def _read(self, pipe, buf: bytearray) -> None:
+        try:
+            data = os.read(pipe.fileno(), READ_CHUNK)
+        except BlockingIOError:
+            return
+        if data:
+            if len(buf) < self.max_output:
+                buf += data
+            else:
+                self.kill()
+            return
+        self.loop.remove(pipe)
+        pipe.close()
+        self.open_pipes -= 1
+        if self.open_pipes == 0:
+            self._finish(self.proc.wait())
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _timeout(self) -> None:
+        if not self.done:
+            self.err += b"\n[thrum] killed: timed out"
+            self.kill()
+
+    def _finish(self, code: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        Loop.cancel(self.timer)
+        self.on_done(code, bytes(self.out), bytes(self.err))
+
+
+# -- connections --------------------------------------------------------------------
+
+class Connection:
+    """One client of the Unix socket: a framer in, a buffer out, a call context."""
+
+    def __init__(self, daemon: "Daemon", sock: socket.socket, ctx) -> None:
+        self.daemon = daemon
+        self.sock = sock
+        self.framer = LineFramer(MAX_LINE)
+        self.outbuf = bytearray()
+        self.ctx = ctx
+        self.closed = False
+        self.writing = False
+        self.on_close = []  # callbacks (subscription cleanup)
+
+    def on_event(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            self._read()
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            self._flush()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        for item in self.framer.feed(data):
+            if isinstance(item, Oversized):
+                self.daemon.enqueue(self, Ready(encode_error(None, TooLarge(
+                    f"request line of {item.size} bytes is larger than the {MAX_LINE}-byte limit"))))
+            elif item.strip():
+                self.daemon.enqueue(self, item)
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.outbuf += data
+        if len(self.outbuf) > MAX_OUTBUF:
+            log.warning("closing a connection that stopped reading (%d bytes queued)", len(self.outbuf))
+            self.close()
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self.outbuf:
+                sent = self.sock.send(self.outbuf)
+                del self.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.close()
+            return
+        want = bool(self.outbuf)
+        if want != self.writing:
+            self.writing = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self.daemon.loop.modify(self.sock, events, self.on_event)
+
+    def notify(self, method: str, params: dict) -> None:
+        self.send(encode_notification(method, params))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.daemon.loop.remove(self.sock)
+        self.daemon.connections.discard(self)
+        for fn in self.on_close:
+            Loop._guard(fn)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Ready(bytes):
+    """A reply a transport has already encoded (e.g. for an oversized line); kept in order."""
+
+
+# -- the daemon ---------------------------------------------------------------------
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+def origin_daemon_id(thrum_dir: str) -> str:
+    import hashlib
+
+    from thrum.events import crockford_lower
+
+    host = socket.gethostname()
+    return "d_" + crockford_lower(hashlib.sha256(f"{host}\0{os.path.realpath(thrum_dir)}".encode()).digest(), 12)
+
+
+def _short_unix_path(path: str) -> tuple[str, int | None]:
+    """AF_UNIX paths are limited to ~107 bytes; reach longer ones through /proc/self/fd."""
+    if len(os.fsencode(path)) < 100:
+        return path, None
+    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}", fd
+
+
+def socket_answers(path: str, timeout: float = 0.5) -> bool:
+    short, fd = _short_unix_path(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(short)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+        if fd is not None:
+            os.close(fd)
+
+
+class Daemon:
+    def __init__(self, paths, *, foreground: bool = False) -> None:
+        self.paths = paths
+        self.foreground = foreground
+        self.loop = Loop()
+        self.connections: set[Connection] = set()
+        self.pending: list = []
+        self.lock_fd: int | None = None
+        self.listener: socket.socket | None = None
+        self.store = None
+        self.service = None
+        self.stopping = False
+        self.event_listeners = []  # callables(list of committed events)
+        self.components = []       # objects with start() / stop() (sync loop, WebSocket server)
+
+    # -- start ------------------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        os.makedirs(self.paths.var, mode=0o700, exist_ok=True)
+        os.chmod(self.paths.var, 0o700)
+        fd = os.open(self.paths.var_file(LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = read_pid_file(self.paths)
+            who = f" (PID {info['pid']})" if info.get("pid") else ""
+            raise StartError(f"daemon is already running{who} for repo {info.get('repo_path', self.paths.repo)}")
+        self.lock_fd = fd
+
+    def write_pid_file(self) -> None:
+        from thrum.identity import atomic_write
+
+        info = {"pid": os.getpid(), "repo_path": self.paths.repo, "started_at": now_timestamp(),
+                "socket_path": self.paths.var_file(SOCKET_NAME), "version": __version__}
+        atomic_write(self.paths.var_file(PID_NAME), json.dumps(info, indent=2).encode(), 0o600)
+
+    def open_store(self) -> None:
+        from thrum import sync
+        from thrum.service import Service
+
+        info = sync.repo_info(self.paths.main_repo)
+        sync_dir = info.sync_dir
+        if not os.path.isdir(sync_dir) or not sync.worktree_is_valid(info.toplevel, sync_dir):
+            sync.ensure_sync_branch(info.toplevel, fetch_remote=False)
+            moved = sync.ensure_worktree(info.toplevel, sync_dir)
+            if moved:
+                log.warning("the sync worktree was broken; the old copy is kept at %s", moved)
+        self.store = make_store(self.paths, sync_dir, self.components)
+        origin = self.store.origin_daemon
+        result = self.store.open()
+        if result["rebuilt"]:
+            log.info("projection rebuilt (%s)", result["rebuilt"])
+        self.service = Service(self.store, repo_id=os.path.basename(self.paths.main_repo),
+                               thrum_dir=self.paths.thrum, local_thrum=self.paths.local, origin_daemon=origin)
+        self.service.ensure_everyone_group()
+        self.sync_dir = sync_dir
+
+    def open_socket(self) -> None:
+        path = self.paths.var_file(SOCKET_NAME)
+        if os.path.exists(path) or os.path.islink(path):
+            if socket_answers(path):
+                raise StartError(f"socket {path} is in use by another daemon")
+            os.unlink(path)  # left behind by a daemon that died
+        short, fd = _short_unix_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is created 0600: no window where others may connect
+        try:
+            sock.bind(short)
+        finally:
+            os.umask(old_umask)
+            if fd is not None:
+                os.close(fd)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        sock.setblocking(False)
+        self.listener = sock
+        self.loop.add_reader(sock, self._accept)
+
+    def start(self) -> None:
+        self.acquire_lock()
+        self.write_pid_file()
+        self.open_store()
+        for component in self.components:
+            component.start(self)
+        self.open_socket()
+        self.loop.after_turn.append(self.process_pending)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.loop.install_signal_wakeup()
+        log.info("thrum daemon %s ready (pid %d, repo %s)", __version__, os.getpid(), self.paths.repo)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def serve(self) -> None:
+        while not self.stopping:
+            self.loop.run_once()
+        log.info("shutting down")
+
+    def shutdown(self) -> None:
+        if self.listener is not None:
+            self.loop.remove(self.listener)
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(self.paths.var_file(SOCKET_NAME))
+            except FileNotFoundError:
+                pass
+        for conn in list(self.connections):
+            conn._flush()
+            conn.close()
+        for component in reversed(self.components):
+            try:
+                component.stop()
+            except Exception:
+                log.error("stopping %r failed:\n%s", component, traceback.format_exc())
+        if self.store is not None:
+            if self.store.in_batch:
+                self.process_pending()
+            self.store.close()
+        info = read_pid_file(self.paths)
+        if info.get("pid") == os.getpid():
+            try:
+                os.unlink(self.paths.var_file(PID_NAME))
+            except FileNotFoundError:
+                pass
+        self.loop.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the flock; the file itself stays
+            self.lock_fd = None
+
+    # -- connections -------------------------------------------------------------------
+
+    def _accept(self, mask: int) -> None:
+        from thrum.service import CallContext
+
+        for _ in range(64):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            if not self._peer_allowed(sock) or len(self.connections) >= MAX_CONNECTIONS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = Connection(self, sock, CallContext("unix"))
+            conn.ctx.conn = conn
+            self.connections.add(conn)
+            self.loop.add_reader(sock, conn.on_event)
+
+    @staticmethod
+    def _peer_allowed(sock: socket.socket) -> bool:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return False
+        pid, uid, gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            log.warning("refused a connection from uid %d (pid %d): only uid %d may connect",
+                        uid, pid, os.getuid())
+            return False
+        return True
+
+    # -- requests ------------------------------------------------------------------------
+
+    def enqueue(self, conn, item) -> None:
+        """Queue a request line (or a Ready reply) from any transport; answers keep this order."""
+        self.pending.append((conn, item))
+
+    def process_pending(self) -> None:
+        """Run queued requests as batches: one durable commit per batch, then answer."""
+        while self.pending:
+            batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list) -> None:
+        replies: list[tuple[object, bytes, bool]] = []
+        store = self.store
+        for conn, item in batch:
+            if isinstance(item, Ready):
+                replies.append((conn, bytes(item), False))
+                continue
+            reply, wrote = self.dispatch(conn, item)
+            if reply is not None:
+                replies.append((conn, reply, wrote))
+        events: list[dict] = []
+        if store.in_batch:
+            try:
+                events = store.commit()
+            except Exception as exc:
+                store.rollback()
+                log.error("commit failed: %s", exc)
+                failure = StorageError(f"the change was not saved: {exc}")
+                replies = [(c, encode_error(_reply_id(r), failure) if wrote else r, wrote)
+                           for c, r, wrote in replies]
+        for conn, reply, _ in replies:
+            conn.send(reply)
+        if events:
+            for listener in self.event_listeners:
+                Loop._guard(listener, events)
+
+    def run_write(self, fn):
+        """Run fn(store) as its own durable batch (for components: sync merges, git context).
+
+        Appends made by `fn` are committed like a request's, and the committed
+        events reach the event listeners (push notifications). If `fn` raises,
+        nothing it appended is kept.
+        """
+        self.process_pending()  # never mix with a half-built request batch
+        store = self.store
+        try:
+            result = fn(store)
+            events = store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        for listener in self.event_listeners:
+            Loop._guard(listener, events)
+        return result
+
+    def dispatch(self, conn, line) -> tuple[bytes | None, bool]:
+        """Run one request line; returns (encoded reply or None for a notification, wrote)."""
+        try:
+            req = decode_request(line)
+        except ThrumError as err:
+            return encode_error(request_id_of(err), err), False
+        ctx = conn.ctx
+        method = None
+        try:
+            method = self.service.registry.lookup(req.method, ctx.transport)
+            if method.writes:
+                mark = self.store.savepoint()
+                try:
+                    result = method.fn(Params(req.params), ctx)
+                except BaseException:
+                    self.store.rollback_to(mark)
+                    raise
+                self.store.release()
+            else:
+                result = method.fn(Params(req.params), ctx)
+            reply = encode_response(req.id, result)
+        except ThrumError as err:
+            reply = encode_error(req.id, err)
+        except (ValueError, TypeError) as exc:
+            from thrum.events import EventError
+            from thrum.identity import InvalidName
+
+            if isinstance(exc, (InvalidName, EventError)):
+                reply = encode_error(req.id, InvalidParams(str(exc)))
+            else:
+                log.error("%s failed:\n%s", req.method, traceback.format_exc())
+                reply = encode_error(req.id, InternalError("Internal error", f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            log.error("%s failed:\n%s", req.method, traceback.format_exc())
+            reply = encode_error(req.id, InternalError("Internal error", f"{type(exc).__name__}: {exc}"))
+        if req.is_notification:
+            return None, bool(method and method.writes)
+        return reply, bool(method and method.writes)
+
+
+def _reply_id(reply: bytes):
+    try:
+        return json.loads(reply).get("id")
+    except ValueError:
+        return None
+
+
+# -- pid file, logging, entry point --------------------------------------------------------
+
+def read_pid_file(paths) -> dict:
+    try:
+        with open(paths.var_file(PID_NAME), encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError:
+        return {}
+    if text.isdigit():  # the legacy bare-integer form
+        return {"pid": int(text)}
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, dict) else {}
+    except ValueError:
+        return {}
+
+
+def lock_is_held(paths) -> bool:
+    """True while some daemon holds the lock (the only trustworthy liveness test)."""
+    try:
+        fd = os.open(paths.var_file(LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+    return False
+
+
+def setup_logging(paths, foreground: bool) -> None:
+    os.makedirs(paths.var, mode=0o700, exist_ok=True)
+    root = logging.getLogger("thrum")
+    root.setLevel(logging.DEBUG if os.environ.get("THRUM_DEBUG") else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=5 * 1024 * 1024, backupCount=2)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if foreground:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+
+
+def run_daemon(paths, *, foreground: bool = False) -> int:
+    """The body of `thrum daemon run`. Returns the process exit code."""
+    setup_logging(paths, foreground)
+    daemon = Daemon(paths, foreground=foreground)
+    for factory in _component_factories():
+        component = factory(paths)
+        if component is not None:
+            daemon.components.append(component)
+    try:
+        daemon.start()
+    except StartError as exc:
+        log.error("%s", exc)
+        print(f"Error: {exc}", file=sys.stderr)
+        if daemon.lock_fd is not None:
+            daemon.shutdown()
+        return 1
+    except Exception as exc:
+        log.error("start failed:\n%s", traceback.format_exc())
+        print(f"Error: daemon failed to start: {exc}", file=sys.stderr)
+        daemon.shutdown()
+        return 1
+    if foreground:
+        print(f"thrum daemon {__version__} ready (pid {os.getpid()}, socket {paths.var_file(SOCKET_NAME)})",
+              file=sys.stderr, flush=True)
+    try:
+        daemon.serve()
+    finally:
+        daemon.shutdown()
+    return 0
+
+
+def make_store(paths, sync_dir: str, components: list | None = None):
+    """The Store as the daemon opens it, with the tables its components add."""
+    from thrum.store import Store
+
+    if components is None:
+        components = [c for c in (f(paths) for f in _component_factories()) if c is not None]
+    store = Store(sync_dir, paths.db, paths.var, origin_daemon_id(paths.thrum))
+    for component in components:
+        extend = getattr(component, "extend_store", None)
+        if extend is not None:
+            extend(store)
+    return store
+
+
+def _component_factories() -> list:
+    """Optional parts of the daemon, each a factory(paths) -> component or None."""
+    import importlib
+    import importlib.util
+
+    factories = []
+    for module_name in COMPONENT_MODULES:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        factory = getattr(importlib.import_module(module_name), "make_component", None)
+        if factory is not None:
+            factories.append(factory)
+    return factories
+
+
+# Modules that may contribute a daemon component through make_component(paths).
+COMPONENT_MODULES = ("thrum.sync", "thrum.ws", "thrum.gitctx")
+
+
+# -- controlling a daemon from the CLI ------------------------------------------------------
+
+def daemon_status(paths) -> dict:
+    """{running, pid?, repo_path?, ...health} without trusting a possibly reused pid."""
+    from thrum.rpc import Client, DaemonUnavailable, RPCError
+
+    info = read_pid_file(paths)
+    if not lock_is_held(paths):
+        return {"running": False, "status": "stopped"}
+    out = {"running": True, "status": "running", "pid": info.get("pid"), "repo_path": info.get("repo_path", ""),
+           "socket": paths.var_file(SOCKET_NAME), "log": paths.log}
+    try:
+        with Client(paths.var_file(SOCKET_NAME), timeout=5) as client:
+            health = client.call("health")
+        out.update({"uptime_ms": health.get("uptime_ms"), "version": health.get("version"),
+                    "sync_state": health.get("sync_state")})
+    except (DaemonUnavailable, RPCError) as exc:
+        out["status"] = "unresponsive"
+        out["error"] = str(exc)
+    return out
+
+
+def log_tail(paths, lines: int = 12) -> str:
+    try:
+        with open(paths.log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -> dict:
+    """Spawn `thrum daemon run` detached and wait until it answers `health`."""
+    from thrum.rpc import Client, DaemonUnavailable, RPCError
+
+    if lock_is_held(paths):
+        info = read_pid_file(paths)
+        raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "
+                         f"{info.get('repo_path', paths.repo)}")
+    os.makedirs(paths.var, mode=0o700, exist_ok=True)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env = dict(os.environ if env is None else env)
+    # The child must import this same thrum: an installed one, a vendored copy or a zipapp.
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, child_env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "thrum", "daemon", "run", "--repo", paths.repo]
+    with open(paths.log, "ab") as logf:
+        proc = subprocess.Popen(argv, cwd=paths.repo, env=child_env, stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=logf, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    sock = paths.var_file(SOCKET_NAME)
+    delay = 0.005
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = log_tail(paths, 6)
+            raise StartError(f"the daemon exited during start-up (code {code}). See the log: {paths.log}"
+                             + (f"\n{tail}" if tail else ""))
+        if os.path.exists(sock):
+            try:
+                with Client(sock, timeout=2) as client:
+                    health = client.call("health")
+                return {"pid": proc.pid, "health": health}
+            except (DaemonUnavailable, RPCError):
+                pass
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    raise StartError(f"the daemon did not become ready within {timeout:g}s. See the log: {paths.log}")
+
+
+def stop_daemon(paths, *, timeout: float = 10.0) -> dict:
+    """SIGTERM the daemon holding the lock and wait for the lock to be released."""
+    if not lock_is_held(paths):
+        raise StartError("daemon is not running")
+    info = read_pid_file(paths)
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        raise StartError(f"the daemon holds its lock but its pid file is unreadable: {paths.var_file(PID_NAME)}")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        if not lock_is_held(paths):
+            return {"pid": pid, "stopped": True}
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    raise StartError(f"timeout waiting for daemon to stop (PID {pid} still running)")
