@@ -1562,3 +1562,19 @@ def _ws_port(ctx: Ctx) -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+# == sync: `sync force|status` =================================================================
+# (commands for git sync live here)
+
+
+# == real time: `subscribe`, `unsubscribe`, `subscriptions`, `wait`, `ui` ============================
+# (commands for push notifications and the web UI live here)
+
+
+# == work context: `who-has`, `ping`, `overview`, `context`, `prime`, `setup`, `runtime`, `agent cleanup` ==
+# (commands for coordination and context live here)
+
+
+# == MCP: `mcp serve` =====================================================================
+# (the MCP server command lives here)
