@@ -31,12 +31,13 @@ class WS:
     def __init__(self, t, token: str | None = None, origin: str | None = None, **kw) -> None:
         from websockets.sync.client import connect
 
-        self.conn = connect(ws_url(t, token), origin=origin, open_timeout=10 * FACTOR, **kw)
+        self._cm = connect(ws_url(t, token), origin=origin, open_timeout=10 * FACTOR, **kw)
+        self.conn = self._cm.__enter__()
         self.notes: list[dict] = []
         self._id = 0
 
     def close(self) -> None:
-        self.conn.close()
+        self._cm.__exit__(None, None, None)
 
     def __enter__(self) -> "WS":
         return self

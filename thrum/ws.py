@@ -226,6 +226,7 @@ class WebServer:
         self.port = 0
         self.token = ""
         self.conns: set[_Conn] = set()
+        self.refused: set[_Conn] = set()  # over the cap: answered 503, closing
         self.static: StaticFiles | None = None
         self.git_user: dict | None = None
         self.allowed_hosts: frozenset = frozenset()
@@ -252,7 +253,7 @@ class WebServer:
         self.static = StaticFiles(_ui_root())
 
     def stop(self) -> None:
-        for conn in list(self.conns):
+        for conn in list(self.conns) + list(self.refused):
             conn.shutdown()
         if self.listener is not None:
             self.daemon.loop.remove(self.listener)
@@ -303,12 +304,14 @@ class WebServer:
                 return
             sock.setblocking(False)
             if len(self.conns) >= MAX_CONNECTIONS:
-                try:
-                    sock.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                except OSError:
-                    pass
-                sock.close()
+                if len(self.refused) >= MAX_CONNECTIONS:  # a flood: no manners left
+                    sock.close()
+                    continue
                 log.warning("refused a connection: already %d open", MAX_CONNECTIONS)
+                conn = _Conn(self, sock)
+                self.refused.add(conn)
+                self.daemon.loop.add_reader(sock, conn.on_event)
+                conn._raw_error(503, "Service Unavailable")  # then it lingers briefly, like any refusal
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # notifications are small and urgent
             conn = _Conn(self, sock)
@@ -605,6 +608,7 @@ class _Conn:
         self.loop.cancel(self.timer)
         self.loop.remove(self.sock)
         self.server.conns.discard(self)
+        self.server.refused.discard(self)
         push = getattr(self.server.daemon, "push", None)
         if push is not None:
             push.forget(self)
