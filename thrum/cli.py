@@ -1549,6 +1549,7 @@ def cmd_status(ctx: Ctx) -> int:
         lines.append(f"Daemon:   running ({duration_text(h['uptime_ms'])} uptime, v{h['version']})")
         if d.get("websocket_port"):
             lines.append(f"WebSocket: ws://127.0.0.1:{d['websocket_port']}/ws")
+            lines.append(f"UI:        http://127.0.0.1:{d['websocket_port']} (open it with: thrum ui)")
         return lines
     ctx.emit(data, human)
     return 0
