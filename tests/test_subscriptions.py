@@ -230,3 +230,43 @@ def test_temporary_subscription_lives_with_its_connection(agents):
              what="the temporary subscription to go with its connection")
     # a temporary subscription writes nothing to the log
     assert "subscription.create" not in (t.sync_dir / "events.jsonl").read_text()
+
+
+def test_sync_status_changes_become_notifications():
+    """The sync loop owns its status; push announces changes of it (no daemon needed to check)."""
+    from thrum.push import Push
+
+    class Loop:
+        def call_later(self, delay, fn, *args):
+            return [delay, fn]
+
+    class Service:
+        status = {"sync_state": "idle", "last_sync_at": "", "seconds_since": 1}
+
+        def sync_status(self):
+            return dict(self.status)
+
+    class Daemon:
+        loop, service = Loop(), Service()
+
+    class Conn:
+        ctx = None
+
+        def __init__(self):
+            self.notes = []
+
+        def notify(self, method, params):
+            self.notes.append((method, params))
+
+    push = Push()
+    push.daemon = Daemon()
+    conn = Conn()
+    push.attach(conn, "bob")
+    push._watch_sync()  # the first look only records the state
+    Service.status = {**Service.status, "seconds_since": 3}
+    push._watch_sync()  # a counter ticking is not news
+    assert conn.notes == []
+    Service.status = {"sync_state": "synced", "last_sync_at": "2026-01-01T00:00:00Z", "seconds_since": 0}
+    push._watch_sync()
+    assert [m for m, _ in conn.notes] == ["notification.sync"]
+    assert conn.notes[0][1]["sync_state"] == "synced" and conn.notes[0][1]["timestamp"]

@@ -426,14 +426,12 @@ class Push:
             subs = lst.temps + (self.stored.get(agent, []) if agent else [])
             if subs:
                 candidates.append((lst, subs))
-        row = None
-        if candidates or kind == "created":
-            row, parts = self._facts(e.get("message_id") or "")
-        if row is None:
-            return
-        if kind == "created" and row["thread_id"]:
-            threads.setdefault(row["thread_id"], e)
+        if kind == "created" and e.get("thread_id"):
+            threads.setdefault(e["thread_id"], e)
         if not candidates:
+            return
+        row, parts = self._facts(e.get("message_id") or "")
+        if row is None:
             return
         facts, scopes, refs = parts
         payload = None
@@ -585,13 +583,17 @@ class Push:
         except Exception:
             log.exception("sync status failed")
             return
-        if status != self._last_sync:
+        # Compare the fields of spec's sync.status only: a counter such as "seconds since" must not
+        # turn every look into a notification.
+        key = {k: status.get(k) for k in _SYNC_KEYS}
+        if key != self._last_sync:
             first = self._last_sync is None
-            self._last_sync = status
+            self._last_sync = key
             if not first:
                 self.broadcast("notification.sync", {**status, "timestamp": format_ns(now_ns())})
 
 
+_SYNC_KEYS = ("sync_state", "last_sync_at", "last_error", "local_only", "running")
 _MESSAGE_EVENTS = {"message.create": "created", "message.edit": "edited", "message.delete": "deleted"}
 
 
