@@ -530,7 +530,8 @@ class Daemon:
             if isinstance(item, Ready):
                 replies.append((conn, bytes(item), False))
                 continue
-            reply, wrote = self.dispatch(conn, item)
+            # A lone request needs no savepoint: if it fails, the whole batch rolls back.
+            reply, wrote = self.dispatch(conn, item, savepoint=len(batch) > 1)
             if reply is not None:
                 replies.append((conn, reply, wrote))
         events: list[dict] = []
@@ -568,7 +569,7 @@ class Daemon:
             Loop._guard(listener, events)
         return result
 
-    def dispatch(self, conn, line) -> tuple[bytes | None, bool]:
+    def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
         """Run one request line; returns (encoded reply or None for a notification, wrote)."""
         try:
             req = decode_request(line)
@@ -578,7 +579,7 @@ class Daemon:
         method = None
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)
-            if method.writes:
+            if method.writes and savepoint:
                 mark = self.store.savepoint()
                 try:
                     result = method.fn(Params(req.params), ctx)
@@ -586,6 +587,12 @@ class Daemon:
                     self.store.rollback_to(mark)
                     raise
                 self.store.release()
+            elif method.writes:
+                try:
+                    result = method.fn(Params(req.params), ctx)
+                except BaseException:
+                    self.store.rollback()
+                    raise
             else:
                 result = method.fn(Params(req.params), ctx)
             reply = encode_response(req.id, result)

@@ -270,6 +270,7 @@ CREATE TABLE messages (
     authored_by TEXT NOT NULL DEFAULT '', disclosed INTEGER NOT NULL DEFAULT 0,
     broadcast INTEGER NOT NULL DEFAULT 1, edits INTEGER NOT NULL DEFAULT 0, client_id TEXT NOT NULL DEFAULT '');
 CREATE INDEX messages_created ON messages(created_ns);
+CREATE INDEX messages_audience ON messages(broadcast, deleted, agent_id, message_id);
 CREATE INDEX messages_agent ON messages(agent_id, created_ns);
 CREATE INDEX messages_reply ON messages(reply_to) WHERE reply_to != '';
 CREATE INDEX messages_thread ON messages(thread_id) WHERE thread_id != '';
@@ -353,14 +354,17 @@ class Projection:
             **extra_appliers,
         }
 
-    def apply(self, event: dict) -> bool:
-        """Apply one event unless it was applied before. Returns True when it was new."""
+    def apply(self, event: dict, ns: int | None = None) -> bool:
+        """Apply one event unless it was applied before. Returns True when it was new.
+
+        `ns` is the event's instant when the caller already knows it (saves a parse).
+        """
         cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
         if cur.rowcount == 0:
             return False
         fn = self.appliers.get(event["type"])
         if fn is not None:  # unknown types stay in the log and are skipped here
-            fn(event, order_key(event)[0])
+            fn(event, order_key(event)[0] if ns is None else ns)
         return True
 
     # agents and sessions
@@ -723,22 +727,23 @@ class Store:
 
     def append(self, etype: str, payload: dict, *, author: str | None = None) -> dict:
         """Stage one new event and apply it inside the open batch; returns the event."""
+        ns = now_ns()
         event = dict(payload)
         event["type"] = etype
         event["event_id"] = new_id("evt")
-        event["timestamp"] = format_ns(now_ns())
+        event["timestamp"] = format_ns(ns)
         event["v"] = 1
         event["origin_daemon"] = self.origin_daemon
-        return self.append_event(event, author=author)
+        return self.append_event(event, author=author, ns=ns)
 
-    def append_event(self, event: dict, *, author: str | None = None) -> dict:
+    def append_event(self, event: dict, *, author: str | None = None, ns: int | None = None) -> dict:
         line = encode_line(event)
         if len(line) > MAX_LINE_BYTES:
             raise EventError(f"the event is {len(line)} bytes encoded; the limit is {MAX_LINE_BYTES}")
         rel = shard_for(event, author)
         self.begin()
         self.log.stage(rel, line)
-        self.projection.apply(event)
+        self.projection.apply(event, ns)
         self._batch_events.append(event)
         return event
 
