@@ -356,6 +356,7 @@ class Daemon:
         self.service = None
         self.stopping = False
         self.event_listeners = []  # callables(list of committed events)
+        self._maintenance = None
         self.components = []       # objects with start() / stop() (sync loop, WebSocket server)
 
     # -- start ------------------------------------------------------------------------
@@ -549,6 +550,17 @@ class Daemon:
         if events:
             for listener in self.event_listeners:
                 Loop._guard(listener, events)
+            self._schedule_maintenance()
+
+    def _schedule_maintenance(self) -> None:
+        # Soon after writes (and at least every half second under load) the log files
+        # are fsynced and the journal emptied, off the path of any reply.
+        if self._maintenance is None:
+            self._maintenance = self.loop.call_later(0.5, self._maintain)
+
+    def _maintain(self) -> None:
+        self._maintenance = None
+        self.store.maintain()
 
     def run_write(self, fn):
         """Run fn(store) as its own durable batch (for components: sync merges, git context).
@@ -567,6 +579,8 @@ class Daemon:
             raise
         for listener in self.event_listeners:
             Loop._guard(listener, events)
+        if events:
+            self._schedule_maintenance()
         return result
 
     def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
