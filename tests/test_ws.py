@@ -118,7 +118,7 @@ def test_token_is_required(daemon):
     # the cookie set by `thrum ui`'s link and a bearer header work too
     from websockets.sync.client import connect
 
-    for headers in ({"Cookie": f"thrum_token_{ws_port(t)}={ws_token(t)}"},
+    for headers in ({"Cookie": f'other="a;b\\"c; thrum_token_{ws_port(t)}={ws_token(t)}; x=1'},
                     {"Authorization": f"Bearer {ws_token(t)}"}):
         with connect(ws_url(t, token=""), additional_headers=headers, open_timeout=10 * FACTOR) as c:
             c.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "health"}))

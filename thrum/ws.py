@@ -334,15 +334,14 @@ class WebServer:
         auth = request.headers.get("Authorization", "")
         if auth.lower().startswith("bearer "):
             return auth[7:].strip(), False
-        from http.cookies import CookieError, SimpleCookie
-
+        # Not http.cookies: cookies for 127.0.0.1 are shared by every local port, and one odd
+        # cookie of another app makes SimpleCookie drop the rest.
+        name = self.cookie_name()
         for header in request.headers.get_all("Cookie"):
-            try:
-                jar = SimpleCookie(header)
-            except CookieError:
-                continue
-            if self.cookie_name() in jar:
-                return jar[self.cookie_name()].value, False
+            for part in header.split(";"):
+                key, sep, value = part.strip().partition("=")
+                if sep and key == name:
+                    return value.strip().strip('"'), False
         return None, False
 
     def dispatch_checked(self, conn, data: bytes) -> None:
