@@ -92,6 +92,7 @@ def test_batch_requests(daemon):
         assert ws.recv()["error"]["code"] == -32600
         ws.send_raw("{not json")
         assert ws.recv()["error"]["code"] == -32700
+    assert "Traceback" not in (daemon.var / "daemon.log").read_text()  # an id-less request is no bug
 
 
 def test_unix_only_methods_are_not_on_ws(daemon):

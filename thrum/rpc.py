@@ -216,7 +216,7 @@ def _dumps(obj: object) -> bytes:
 
 
 def encode_response(rid: object, result: object) -> bytes:
-    return _dumps({"jsonrpc": "2.0", "result": result, "id": rid}) + b"\n"
+    return _dumps({"jsonrpc": "2.0", "result": result, "id": None if rid is _NO_ID else rid}) + b"\n"
 
 
 def encode_error(rid: object, err: ThrumError) -> bytes:
