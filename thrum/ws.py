@@ -17,8 +17,8 @@ cookie set when a `?token=` URL (from `thrum ui`) is opened. A WebSocket connect
 nobody until it names an identity: `user.register` (browser users) or its first
 `caller_agent_id`; after that it cannot act as anyone else.
 
-Limits: request head 16 KiB, WebSocket message 1 MiB, 8 MiB queued output per connection
-(a client that stops reading is cut off, never waited for), 64 connections, 10 s to send a
+Limits: request head 16 KiB, WebSocket message 1 MiB; a client that leaves 8 MiB unread is cut
+off when more output is due (never waited for), 64 connections, 10 s to send a
 request head, a ping every 30 s and a close after 60 s of silence.
 
 `websockets` is imported inside functions only, so the CLI never loads it.
@@ -53,7 +53,8 @@ DEFAULT_PORT = 9999
 TOKEN_NAME, PORT_NAME = "ws.token", "ws.port"
 MAX_MESSAGE = 1 << 20
 MAX_HEAD = 16 * 1024
-MAX_OUTBUF = 8 << 20
+MAX_OUTBUF = 8 << 20     # unsent output a client may leave behind before it is cut off
+HARD_MAX_OUTBUF = 32 << 20  # more than the largest single reply (100 messages of escaped 32 KiB content)
 MAX_CONNECTIONS = 64
 MAX_BATCH_ITEMS = 100
 MAX_STATIC_FILE = 16 << 20
@@ -552,12 +553,15 @@ class _Conn:
     def _pump(self) -> None:
         if self.closed:
             return
+        # What the client has not taken yet, before this write: one big reply alone never trips the
+        # limit, a client that keeps not reading does. The hard cap bounds memory whatever happens.
+        backlog = len(self.outbuf)
         for chunk in self.proto.data_to_send():
             if chunk:
                 self.outbuf += chunk
             else:
                 self.eof_pending = True
-        if len(self.outbuf) > MAX_OUTBUF:
+        if backlog > MAX_OUTBUF or len(self.outbuf) > HARD_MAX_OUTBUF:
             log.warning("closing a WebSocket client that stopped reading (%d bytes queued)", len(self.outbuf))
             self.close()
             return
