@@ -1585,7 +1585,7 @@ def _ws_port(ctx: Ctx) -> int | None:
 def _filter_flags(p, *, inbox_help: str) -> None:
     p.add_argument("--scope", action="append", help="messages with this scope type:value")
     p.add_argument("--mention", action="append", help="messages that mention @role, @name or @group")
-    p.add_argument("--all", action="store_true", help="every message (firehose)")
+    p.add_argument("--all", action="store_true", help="every message but your own (firehose)")
     p.add_argument("--inbox", action="store_true", help=inbox_help)
 
 
