@@ -1729,15 +1729,11 @@ def _after_ns(text: str, now: int) -> int:
 
 
 def cmd_wait(ctx: Ctx) -> int:
-    """Block on push: a temporary subscription on this connection, removed when it closes.
-
-    The daemon first replays the oldest unread match created after --after (so nothing sent
-    just before the wait is lost), then pushes new ones. The first one we manage to mark read
-    is ours: if another waiter of the same agent marked it first, we keep waiting.
-    """
+    """Block on push (a temporary subscription on this connection; see push.wait_for_message)."""
     import time
 
     from thrum.events import format_ns
+    from thrum.push import wait_for_message
     from thrum.rpc import DaemonUnavailable, RPCError
 
     try:
@@ -1746,47 +1742,25 @@ def cmd_wait(ctx: Ctx) -> int:
         raise UsageError(f"invalid timeout: {exc}") from None
     if timeout <= 0:
         raise UsageError(f"invalid timeout: {ctx.args.timeout} (must be positive)")
-    params = _filter_params(ctx, exclusive=False)
-    if not params:
-        params["inbox"] = True
+    filters = _filter_params(ctx, exclusive=False) or {"inbox": True}
     ident = ctx.identity()
     start = time.monotonic()
-    deadline = start + timeout
     after = format_ns(_after_ns(ctx.args.after, time.time_ns()))
-    params.update({"temporary": True, "after": after, "replay": 1})
-    queue: list = []
-    sub = ctx.call("subscribe", ctx.caller(params, ident))
-    if ctx.args.verbose:
-        print(f"Listening for messages after {after}", file=sys.stderr)
-    client = ctx.client()
+
+    def listening(sub: dict) -> None:
+        if ctx.args.verbose:
+            print(f"Listening for messages after {after}", file=sys.stderr)
     try:
-        while True:
-            while queue:
-                note = queue.pop(0)
-                p = note.get("params") or {}
-                if (note.get("method") != "notification.message" or p.get("event") != "created"
-                        or (p.get("matched_subscription") or {}).get("subscription_id") != sub["subscription_id"]):
-                    continue
-                mid = p["message_id"]
-                marked = client.call("message.markRead", ctx.caller({"message_ids": [mid]}, ident), queue.append)
-                if not marked.get("newly_read", 1):
-                    continue  # another waiter (or an inbox) took it first
-                msg = client.call("message.get", ctx.caller({"message_id": mid}, ident), queue.append)["message"]
-                ctx.emit(msg, [f"✓ Message received: {mid} from @{msg['agent_id']}"]
-                         + ["  " + line for line in msg["body"]["content"].splitlines()])
-                return 0
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                queue.append(client.read_message(timeout=remaining))
-            except TimeoutError:
-                break
+        msg = wait_for_message(ctx.client(), ident.name, filters, timeout, after, listening)
     except RPCError as exc:
-        raise CliError(exc.message, rpc_code=exc.code) from None
+        raise CliError(exc.message, rpc_code=exc.code, data=exc.data) from None
     except DaemonUnavailable as exc:
         raise CliError(f"lost the daemon while waiting: {exc}", "Check the daemon with: thrum daemon status") \
             from None
+    if msg is not None:
+        ctx.emit(msg, [f"✓ Message received: {msg['message_id']} from @{msg['agent_id']}"]
+                 + ["  " + line for line in msg["body"]["content"].splitlines()])
+        return 0
     print("Timeout: no matching messages received", file=sys.stderr)
     if ctx.json:
         print(json.dumps({"status": "timeout", "waited_seconds": round(time.monotonic() - start, 3)}))

@@ -29,7 +29,8 @@ import logging
 from thrum.events import EventError, format_ns, now_ns, parse_timestamp_ns
 from thrum.rpc import Conflict, InvalidParams, NotFound, Params, PermissionDenied, TooLarge
 
-__all__ = ["make_component", "Push", "Subscription", "MessageFacts", "match", "preview", "SCHEMA"]
+__all__ = ["make_component", "Push", "Subscription", "MessageFacts", "match", "preview", "wait_for_message",
+           "SCHEMA"]
 
 log = logging.getLogger("thrum.push")
 
@@ -626,6 +627,51 @@ def _apply_delete(db, e: dict, ns: int) -> None:
     db.execute("INSERT OR IGNORE INTO subscriptions(agent_id, subscription_id, created_ns, deleted)"
                     " VALUES (?,?,?,1)", (agent, sid, ns))
     db.execute("UPDATE subscriptions SET deleted=1 WHERE agent_id=? AND subscription_id=?", (agent, sid))
+
+
+# -- the client side: wait for one message (thrum wait, MCP wait_for_message) -------------------------
+
+def wait_for_message(client, caller_agent_id: str, filters: dict, timeout: float, after: str = "",
+                     on_listening=None) -> dict | None:
+    """Block on push until a matching message arrives; claim it (mark it read) and return it (message.get form).
+
+    `client` is a connected `rpc.Client`; `filters` are subscribe filters (`{"inbox": True}`,
+    `{"scope": {...}}`, `{"mention_role": ...}`, `{"all": True}`); `after` (RFC 3339) also admits
+    unread messages created since then (the oldest comes first). Returns None after `timeout`
+    seconds. A message another waiter of the same agent marked read first is skipped, so no two
+    waiters return the same message. Raises rpc.RPCError / rpc.DaemonUnavailable.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    queue: list = []
+    params = {**filters, "temporary": True, "replay": 1, "caller_agent_id": caller_agent_id}
+    if after:
+        params["after"] = after
+    sub = client.call("subscribe", params, queue.append)
+    if on_listening is not None:
+        on_listening(sub)
+    while True:
+        while queue:
+            note = queue.pop(0)
+            p = note.get("params") or {}
+            if (note.get("method") != "notification.message" or p.get("event") != "created"
+                    or (p.get("matched_subscription") or {}).get("subscription_id") != sub["subscription_id"]):
+                continue
+            mid = p["message_id"]
+            marked = client.call("message.markRead", {"message_ids": [mid], "caller_agent_id": caller_agent_id},
+                                 queue.append)
+            if not marked.get("newly_read", 1):
+                continue  # another waiter (or an inbox) took it first
+            return client.call("message.get", {"message_id": mid, "caller_agent_id": caller_agent_id},
+                               queue.append)["message"]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            queue.append(client.read_message(timeout=remaining))
+        except TimeoutError:
+            return None
 
 
 def make_component(paths):
