@@ -270,3 +270,19 @@ def test_sync_status_changes_become_notifications():
     push._watch_sync()
     assert [m for m, _ in conn.notes] == ["notification.sync"]
     assert conn.notes[0][1]["sync_state"] == "synced" and conn.notes[0][1]["timestamp"]
+
+
+def test_cli_real_time_commands_never_load_websockets(agents):
+    """The CLI starts fast: only the daemon imports websockets (inside ws.py functions)."""
+    import subprocess
+    import sys
+
+    code = ("import io, sys, contextlib\n"
+            "from thrum.cli import main\n"
+            "for argv in (['subscriptions'], ['wait', '--timeout', '0.1s'], ['ui', '--no-open'], ['status']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "        main(argv)\n"
+            "print(sorted(m for m in ('websockets', 'sqlite3', 'mcp', 'asyncio') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=agents.repo, env={**agents.env, "THRUM_NAME": "bob"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
