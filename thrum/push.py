@@ -632,20 +632,22 @@ def _apply_delete(db, e: dict, ns: int) -> None:
 # -- the client side: wait for one message (thrum wait, MCP wait_for_message) -------------------------
 
 def wait_for_message(client, caller_agent_id: str, filters: dict, timeout: float, after: str = "",
-                     on_listening=None) -> dict | None:
+                     on_listening=None, *, accept=None, replay: int = 1) -> dict | None:
     """Block on push until a matching message arrives; claim it (mark it read) and return it (message.get form).
 
     `client` is a connected `rpc.Client`; `filters` are subscribe filters (`{"inbox": True}`,
     `{"scope": {...}}`, `{"mention_role": ...}`, `{"all": True}`); `after` (RFC 3339) also admits
     unread messages created since then (the oldest comes first). Returns None after `timeout`
     seconds. A message another waiter of the same agent marked read first is skipped, so no two
-    waiters return the same message. Raises rpc.RPCError / rpc.DaemonUnavailable.
+    waiters return the same message. `accept(notification_params)`, when given, may refuse a
+    match, which then stays unread (give a larger `replay` so an acceptable older one is found).
+    Raises rpc.RPCError / rpc.DaemonUnavailable.
     """
     import time
 
     deadline = time.monotonic() + timeout
     queue: list = []
-    params = {**filters, "temporary": True, "replay": 1, "caller_agent_id": caller_agent_id}
+    params = {**filters, "temporary": True, "replay": replay, "caller_agent_id": caller_agent_id}
     if after:
         params["after"] = after
     sub = client.call("subscribe", params, queue.append)
@@ -658,6 +660,8 @@ def wait_for_message(client, caller_agent_id: str, filters: dict, timeout: float
             if (note.get("method") != "notification.message" or p.get("event") != "created"
                     or (p.get("matched_subscription") or {}).get("subscription_id") != sub["subscription_id"]):
                 continue
+            if accept is not None and not accept(p):
+                continue  # not wanted: left unread for someone else to take
             mid = p["message_id"]
             marked = client.call("message.markRead", {"message_ids": [mid], "caller_agent_id": caller_agent_id},
                                  queue.append)
