@@ -1805,5 +1805,29 @@ def cmd_ui(ctx: Ctx) -> int:
 # (commands for coordination and context live here)
 
 
-# == MCP: `mcp serve` =====================================================================
-# (the MCP server command lives here)
+# == MCP: `mcp serve`, `setup mcp` ===========================================================
+# The server itself is thrum/mcp_server.py (the only module that imports the `mcp` SDK, inside
+# serve()); the client configuration files are thrum/mcp_config.py.
+
+@command("mcp")
+def _setup_mcp(c: Commands) -> None:
+    g = c.group("mcp", "MCP server: thrum's messaging tools for Claude Code, Codex, Cursor, Gemini, …")
+    p = c.add(g, "serve", "Serve thrum's MCP tools on stdin/stdout (what an agent tool's MCP configuration runs)",
+              cmd_mcp_serve)
+    p.add_argument("--agent-id", metavar="NAME",
+                   help="act as this agent (default: THRUM_NAME, else this worktree's only identity)")
+
+
+def cmd_mcp_serve(ctx: Ctx) -> int:
+    from thrum.identity import InvalidName, validate_name
+
+    agent_id = ctx.args.agent_id
+    if agent_id:
+        try:
+            validate_name(agent_id.lstrip("@"))
+        except InvalidName as exc:
+            raise UsageError(f"invalid --agent-id: {exc}") from None
+        agent_id = agent_id.lstrip("@")
+    from thrum.mcp_server import serve
+
+    return serve(ctx.args.repo, agent_id, debug=bool(getattr(ctx.args, "debug", False)))
