@@ -1831,3 +1831,117 @@ def cmd_mcp_serve(ctx: Ctx) -> int:
     from thrum.mcp_server import serve
 
     return serve(ctx.args.repo, agent_id, debug=bool(getattr(ctx.args, "debug", False)))
+
+
+# `setup mcp`. The work-context section may define `setup` (worktree, claude-md) above this
+# point: then `mcp` joins its sub-commands; otherwise `setup` is a group holding `mcp` alone.
+_SETUP_BEFORE_MCP = COMMAND_TABLE.get("setup")
+
+
+@command("setup", *(_SETUP_BEFORE_MCP[1] if _SETUP_BEFORE_MCP else ()))
+def _setup_setup_with_mcp(c: Commands) -> None:
+    if _SETUP_BEFORE_MCP is None:
+        sub = c.group("setup", "Set up thrum for an agent tool (setup mcp)")
+    else:
+        getattr(sys.modules[__name__], _SETUP_BEFORE_MCP[0])(c)
+        parser = c.sub.choices["setup"]
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    p = c.add(sub, "mcp", "Add (or update) the thrum MCP server in an agent tool's MCP configuration",
+              cmd_setup_mcp)
+    p.add_argument("--runtime", choices=("claude", "cursor", "codex", "gemini"),
+                   help="the tool to configure (default: the one this checkout or environment shows): claude "
+                        "(.mcp.json), cursor (.cursor/mcp.json), codex (~/.codex/config.toml), gemini "
+                        "(.gemini/settings.json)")
+    p.add_argument("--agent-id", metavar="NAME", help="pin the server to this agent (default: THRUM_NAME, else "
+                   "the worktree's only identity, decided when the server starts)")
+    p.add_argument("--config", metavar="PATH", help="write this file instead of the tool's default one")
+    p.add_argument("--command", default="thrum",
+                   help="how the tool should start thrum (default: thrum; e.g. \"python3 -m thrum\")")
+    p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+
+
+def cmd_setup_mcp(ctx: Ctx) -> int:
+    import shlex
+    import shutil
+
+    from thrum import mcp_config
+    from thrum.identity import InvalidName, validate_name
+    from thrum.paths import find_git_toplevel, find_repo_root
+
+    a = ctx.args
+    start = os.path.abspath(a.repo or os.getcwd())
+    root = find_git_toplevel(start) or find_repo_root(start) or start
+    agent_id = (a.agent_id or "").lstrip("@")
+    if agent_id:
+        try:
+            validate_name(agent_id)
+        except InvalidName as exc:
+            raise UsageError(f"invalid --agent-id: {exc}") from None
+    try:
+        command = shlex.split(a.command)
+    except ValueError as exc:
+        raise UsageError(f"invalid --command: {exc}") from None
+    if not command:
+        raise UsageError("--command must not be empty")
+    runtime, how = a.runtime, "chosen"
+    if not runtime:
+        from thrum.config import load_config
+
+        primary = ""
+        repo_root = find_repo_root(start)
+        if repo_root:
+            primary = (load_config(os.path.join(repo_root, ".thrum", "config.json")).get("runtime") or {})
+            primary = primary.get("primary", "") if isinstance(primary, dict) else ""
+        found = mcp_config.detect(root)
+        if primary in mcp_config.RUNTIMES:
+            runtime, how = primary, "from .thrum/config.json"
+        elif len(found) == 1:
+            runtime, how = found[0]["runtime"], f"detected: {found[0]['evidence']}"
+        elif found:
+            raise UsageError("several agent tools found here ("
+                             + ", ".join(f"{d['runtime']}: {d['evidence']}" for d in found) + ")",
+                             "Choose one with: thrum setup mcp --runtime " + "|".join(d["runtime"] for d in found))
+        else:
+            raise UsageError("no agent tool (Claude Code, Cursor, Codex, Gemini CLI) found in this checkout",
+                             "Choose one with: thrum setup mcp --runtime claude|cursor|codex|gemini")
+    display, _, _, next_step = mcp_config.RUNTIMES[runtime]
+    path = os.path.abspath(a.config) if a.config else mcp_config.config_path(runtime, root)
+    entry = mcp_config.server_entry(runtime, command, agent_id)
+    try:
+        plan = mcp_config.plan(runtime, path, entry)
+        if not a.dry_run and plan["action"] != "unchanged":
+            mcp_config.write(path, plan["text"])
+    except mcp_config.SetupError as exc:
+        raise CliError(exc.message, exc.hint) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    warnings = []
+    if shutil.which(command[0]) is None:
+        warnings.append(f"'{command[0]}' is not on this PATH, so {display} may fail to start the server: install "
+                        "thrum with pipx, or pass --command with a full path")
+    data = {"runtime": runtime, "runtime_source": how, "path": path, "action": plan["action"],
+            "entry": plan["new"], "dry_run": bool(a.dry_run)}
+    if warnings:
+        data["warnings"] = warnings
+    run = " ".join(shlex.quote(x) for x in [plan["new"]["command"], *plan["new"].get("args", [])])
+
+    def human(d):
+        if d["action"] == "unchanged":
+            return [f"✓ The thrum MCP server is already set up in {path} ({display}); nothing to change",
+                    f"  Runs: {run}"]
+        if a.dry_run:
+            snippet = (plan["text"] if plan["format"] == "toml"
+                       else json.dumps({"mcpServers": {"thrum": d["entry"]}}, indent=2))
+            return ([f"Would {'create' if d['action'] == 'create' else 'update'} {path} ({display}, {how}):", ""]
+                    + ["  " + ln for ln in snippet.splitlines()])
+        done = {"create": f"Created {path} with the thrum MCP server",
+                "add": f"Added the thrum MCP server to {path}",
+                "update": f"Updated the thrum MCP server in {path}"}[d["action"]]
+        return [f"✓ {done} ({display}, {how})", f"  Runs: {run}", f"  Next: {next_step}"]
+    ctx.emit(data, human)
+    for w in warnings:
+        if not ctx.json:
+            ctx.warn(f"Warning: {w}")
+    return 0
