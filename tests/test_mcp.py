@@ -389,6 +389,20 @@ def test_without_an_identity_tools_say_how_to_register(daemon):
     assert after["status"] == "empty"
 
 
+def test_outside_a_thrum_repository_tools_say_so(tmp_path, env):
+    from conftest import Thrum
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+
+    async def main():
+        async with mcp_server(Thrum(outside, env)) as server:
+            return await call(server, "list_agents")
+
+    res = run(main)
+    assert res.is_error and "not initialized" in res.content[0].text and "thrum init" in res.content[0].text
+
+
 def test_invalid_agent_id_is_a_usage_error(agents):
     proc = agents.run("mcp", "serve", "--agent-id", "Not Valid", check=False, input="")
     assert proc.returncode == 2 and "invalid --agent-id" in proc.stderr and proc.stdout == ""
