@@ -258,7 +258,7 @@ class Bridge:
         try:
             return client.call(method, params)
         except RPCError as exc:
-            raise _rpc_error(exc) from None
+            raise _rpc_error(exc, self._ident.name if self._ident else "") from None
         except DaemonUnavailable as exc:
             raise ToolError(f"lost the connection to the thrum daemon ({exc})",
                             "Check it with: thrum daemon status (start it with: thrum daemon start)") from None
@@ -288,14 +288,12 @@ class _AbortableClient:
         from thrum.rpc import Client
 
         self._client = Client(path, timeout=timeout)
-        self.aborted = False
 
     def connect(self):
         self._client.connect()
         return self
 
     def abort(self) -> None:
-        self.aborted = True
         sock = self._client._sock  # shutdown wakes a recv blocked in another thread; close() would not
         if sock is not None:
             try:
@@ -313,13 +311,13 @@ class _AbortableClient:
         return self._client.read_message(timeout)
 
 
-def _rpc_error(exc) -> ToolError:
+def _rpc_error(exc, name: str = "") -> ToolError:
     """A daemon error as a tool error, with the command that fixes it when there is one."""
     hint = ""
     if exc.code == -32004:  # no active session
-        hint = "Start one with: thrum session start --name <your name> (or run thrum quickstart again)"
+        hint = f"Start one with: thrum session start --name {name or '<name>'}"
     elif "not registered" in exc.message and "quickstart" not in exc.message:
-        hint = "Register it with: thrum quickstart --name <name> --role <role> --module <module>"
+        hint = f"Register it with: thrum quickstart --name {name or '<name>'} --role <role> --module <module>"
     return ToolError(exc.message, hint, exc.code, exc.data)
 
 
@@ -502,7 +500,7 @@ def wait_for_message(b: Bridge, a: dict, abort: "_Abort | None" = None):
                                accept=accept, replay=100 if accept else 1)
             break
         except RPCError as exc:
-            raise _rpc_error(exc) from None
+            raise _rpc_error(exc, name) from None
         except (DaemonUnavailable, OSError) as exc:
             if abort.is_set():
                 raise _Aborted() from None
