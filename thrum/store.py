@@ -388,6 +388,11 @@ class Projection:
             "INSERT OR IGNORE INTO sessions(session_id, agent_id, started_at, started_ns, last_seen_at,"
             " origin_daemon) VALUES (?,?,?,?,?,?)",
             (sid, agent_id, e.get("timestamp", ""), ns, e.get("timestamp", ""), e.get("origin_daemon") or ""))
+        # Starting a session is when an agent was last seen: derived from the log here (not
+        # set by the RPC handler) so a rebuild reproduces it.
+        row = self.db.execute("SELECT last_seen_at FROM agents WHERE agent_id=?", (agent_id,)).fetchone()
+        if row is not None and _newer(e.get("timestamp", ""), row[0]):
+            self.db.execute("UPDATE agents SET last_seen_at=? WHERE agent_id=?", (e.get("timestamp", ""), agent_id))
 
     def _session_end(self, e: dict, ns: int) -> None:
         self.db.execute("UPDATE sessions SET ended_at=?, end_reason=? WHERE session_id=? AND ended_at=''",
