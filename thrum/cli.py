@@ -1066,7 +1066,9 @@ def cmd_reply(ctx: Ctx) -> int:
     try:
         parent = ctx.call("message.get", {"message_id": ctx.args.message_id, "caller_agent_id": ident.name})
     except CliError as exc:
-        raise CliError(f"failed to get parent message: {exc.message}", rpc_code=exc.rpc_code) from None
+        # Keep the hint: when the daemon is down it says how to start it.
+        raise CliError(f"failed to get parent message: {exc.message}", exc.hint, rpc_code=exc.rpc_code,
+                       data=exc.data) from None
     msg = parent["message"]
     mentions = []
     for ref in msg.get("refs", []):
