@@ -250,8 +250,8 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message, f"See: {self.prog} --help")
 
 
-def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Global flags, accepted before or after the subcommand."""
+def _common_flags(parser: argparse.ArgumentParser, suppress: bool, role: bool = True) -> None:
+    """Global flags, accepted before or after the subcommand (`role=False` leaves --role to the command)."""
     d = argparse.SUPPRESS if suppress else None
     parser.add_argument("--repo", default=d, help="repository root (default: nearest directory with .thrum/)")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
@@ -262,7 +262,8 @@ def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if suppress else False,
                         help="show tracebacks")
-    parser.add_argument("--role", default=d, help="override the identity's role")
+    if role:
+        parser.add_argument("--role", default=d, help="override the identity's role")
     parser.add_argument("--module", default=d, help="override the identity's module")
 
 
@@ -273,8 +274,9 @@ class Commands:
         self.sub = subparsers
         self.common = common
 
-    def add(self, sub, name: str, help: str, func=None, aliases=(), **kw) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, aliases=list(aliases), parents=[self.common],
+    def add(self, sub, name: str, help: str, func=None, aliases=(), parents=None, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, aliases=list(aliases),
+                           parents=[self.common] if parents is None else parents,
                            **kw)
         if func is not None:
             p.set_defaults(func=func)
@@ -1337,8 +1339,13 @@ def _setup_group(c: Commands) -> None:
     p.add_argument("--description", default="")
     p = c.add(g, "delete", "Delete a group", cmd_group_delete)
     p.add_argument("group", metavar="NAME")
+    # On add/remove `--role R` names a member role (as in Go), so these parsers take the
+    # global flags without the identity's --role override (argparse refuses a duplicate).
+    member_common = Parser(add_help=False)
+    _common_flags(member_common, suppress=True, role=False)
     for verb, func in (("add", cmd_group_add), ("remove", cmd_group_remove)):
-        p = c.add(g, verb, f"{verb.capitalize()} a member: an agent, --role R or --group G", func)
+        p = c.add(g, verb, f"{verb.capitalize()} a member: an agent, --role R or --group G", func,
+                  parents=[member_common])
         p.add_argument("group", metavar="GROUP")
         p.add_argument("member", metavar="MEMBER", nargs="?", help="agent name (@name)")
         p.add_argument("--role", dest="member_role", default="", help="every agent with this role ('*' = all)")
