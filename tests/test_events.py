@@ -103,3 +103,10 @@ def test_daemon_writes_canonical_lines_sharded_by_author(daemon):
     assert create["event_id"].startswith("evt_") and len(create["event_id"]) == 30
     assert create["v"] == 1 and create["timestamp"].endswith("Z")
     assert create["body"] == {"format": "markdown", "content": "x <y> & z\u2028"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused(value):
+    # Go cannot read NaN or Infinity: such a line would be lost to every Go clone.
+    with pytest.raises(EventError):
+        encode_line({"type": "x", "structured": {"n": value}})

@@ -128,3 +128,19 @@ def test_notification_requests_get_no_reply(agents):
         c.send(b'{"jsonrpc":"2.0","method":"message.send","params":{"caller_agent_id":"alice","content":"n"}}\n')
         r = c.call("message.list", {}, rid=5)
         assert r["id"] == 5 and r["result"]["total"] == 1
+
+
+def test_non_json_numbers_are_refused_and_never_reach_the_log(agents):
+    t = agents
+    before = message_create_counts(t.sync_dir)
+    with RawConn(t.socket) as c:
+        for i, value in enumerate((b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400", b"1" + b"0" * 400)):
+            c.send(b'{"jsonrpc":"2.0","method":"message.send","id":%d,"params":{"caller_agent_id":"alice",'
+                   b'"content":"x","structured":{"n":%s}}}\n' % (i, value))
+            r = c.recv()
+            assert r["error"]["code"] == -32700, (value, r)
+        c.send(b'{"jsonrpc":"2.0","method":"health","id":1e999}\n')
+        r = c.recv()  # the reply is valid JSON: no Infinity echoed back
+        assert r["error"]["code"] == -32700 and r["id"] is None
+        assert c.call("health", rid=9)["result"]["status"] == "ok"
+    assert message_create_counts(t.sync_dir) == before

@@ -34,7 +34,10 @@ class EventError(ValueError):
 
 def encode_line(event: dict) -> bytes:
     """Return the canonical, newline-terminated bytes of one event."""
-    text = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:  # NaN and Infinity are not JSON: Go could not read the line
+        text = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise EventError(str(exc)) from None
     if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
         for raw, escaped in _GO_ESCAPES:
             text = text.replace(raw, escaped)

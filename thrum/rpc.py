@@ -178,7 +178,7 @@ def decode_request(line: bytes | str) -> Request:
     if not line:
         raise ParseError("Parse error", "empty line")
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError("Parse error", str(exc)[:200]) from None
     if isinstance(obj, list):
@@ -199,6 +199,28 @@ def decode_request(line: bytes | str) -> Request:
     elif not isinstance(params, dict):
         raise _with_id(InvalidParams("params must be an object"), rid)
     return Request(rid, method, params)
+
+
+# Python's json accepts NaN and Infinity and turns 1e999 into inf; none of them is JSON,
+# Go cannot read them back, and echoing one (as an id) would make the reply invalid JSON.
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"number out of range: {text[:40]}") from None
+    return value
 
 
 def _with_id(err: ThrumError, rid: object) -> ThrumError:
