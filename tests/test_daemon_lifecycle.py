@@ -14,11 +14,16 @@ from helpers import RawConn, mode
 from thrum.events import parse_timestamp_ns
 
 
-def test_socket_dir_and_socket_are_private(daemon):
-    t = daemon
-    assert mode(t.var) == 0o700
-    assert mode(t.socket) == 0o600
-    assert mode(t.var / "thrum.pid") == 0o600
+def test_socket_dir_and_socket_are_private(thrum):
+    t = thrum
+    os.chmod(t.var, 0o755)  # loosened by someone: the daemon tightens it again
+    t.start()
+    try:
+        assert mode(t.var) == 0o700
+        assert mode(t.socket) == 0o600
+        assert mode(t.var / "thrum.pid") == 0o600
+    finally:
+        t.stop()
 
 
 _PEER = r"""
@@ -232,13 +237,39 @@ NEEDS_DAEMON = [
 def test_commands_say_to_start_the_daemon(daemon):
     t = daemon
     t.quickstart("alice")
-    t.stop()
+    t.kill()  # a stale socket file is left: connecting is refused rather than impossible
+    assert t.socket.exists()
     for argv in NEEDS_DAEMON:
         proc = t.run(*argv, check=False)
         assert proc.returncode == 1, argv
         assert "thrum daemon start" in proc.stderr, (argv, proc.stderr)
         assert "Traceback" not in proc.stderr
+    t.start()
+    t.stop()  # a clean stop: no socket file at all
+    assert not t.socket.exists()
+    for argv in NEEDS_DAEMON[:4]:
+        proc = t.run(*argv, check=False)
+        assert proc.returncode == 1 and "thrum daemon start" in proc.stderr, (argv, proc.stderr)
     proc = t.run("inbox", "--json", check=False)
     assert proc.returncode == 1
     err = json.loads(proc.stdout)["error"]
     assert "thrum daemon start" in err["message"] + err.get("hint", "")
+
+
+def test_long_socket_path(tmp_path, env):
+    from conftest import Thrum, make_repo
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "repo"
+    assert len(str(deep / ".thrum" / "var" / "thrum.sock")) > 108  # beyond what AF_UNIX can bind directly
+    t = Thrum(make_repo(deep, env), env)
+    t.init()
+    t.start()
+    try:
+        t.quickstart("alice")
+        assert t.json("send", "deep", name="alice")["message_id"].startswith("msg_")
+        t.kill()
+        t.start()  # the stale socket is detected and replaced at a long path too
+        assert t.json("inbox", "--all", "--peek", name="alice")["total"] == 0  # own message
+        assert t.call("message.list")["total"] == 1
+    finally:
+        t.stop()

@@ -121,12 +121,17 @@ def test_catch_up_applies_lines_appended_while_stopped(agents):
         f.write(encode_line(message))
     with open(t.sync_dir / "events.jsonl", "ab") as f:
         f.write(encode_line(group))
+    # A file the projection has never seen (a new author) is picked up as well.
+    other = dict(message, event_id=new_id("evt"), message_id=new_id("msg"), agent_id="zed",
+                 body={"format": "plain", "content": "from a newcomer"})
+    (t.sync_dir / "messages" / "zed.jsonl").write_bytes(encode_line(other))
     t.start()
+    assert t.call("message.get", message_id=other["message_id"])["message"]["agent_id"] == "zed"
     got = t.call("message.get", message_id=mid)["message"]
     assert got["body"]["content"] == "written by another process"
     assert "latecomers" in [g["name"] for g in t.call("group.list")["groups"]]
     inbox = t.json("inbox", "--peek", name="bob")
-    assert [m["message_id"] for m in inbox["messages"]] == [mid]
+    assert [m["message_id"] for m in inbox["messages"]] == [other["message_id"], mid]
 
 
 def _assert_same(dump, snapshot):
@@ -176,6 +181,8 @@ def test_projection_is_rebuilt_at_start(daemon, damage):
 
 def test_projection_equals_a_rebuild(daemon):
     t = daemon
+    proc = t.run("migrate", "--rebuild", check=False)  # never under a running daemon
+    assert proc.returncode == 1 and "daemon is running" in proc.stderr
     _, snapshot = _stop_and_snapshot(t)
     out = t.json("migrate", "--rebuild")
     assert out["messages"] == 6 and out["agents"] == 3 and out["bad_lines"] == 0
