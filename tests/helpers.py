@@ -102,3 +102,10 @@ def register(thrum, name: str, role: str, module: str = "core", session: bool = 
 
 def mode(path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def assert_log_clean(thrum) -> None:
+    """The daemon logged no error: a handler that failed inside would show up here."""
+    text = (thrum.var / "daemon.log").read_text()
+    bad = [line for line in text.splitlines() if " ERROR " in line or line.startswith("Traceback")]
+    assert bad == [], "\n".join(bad)

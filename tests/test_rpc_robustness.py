@@ -2,7 +2,7 @@
 
 import json
 
-from helpers import RawConn, message_create_counts, register
+from helpers import RawConn, assert_log_clean, message_create_counts, register
 from thrum import rpc
 
 
@@ -126,8 +126,10 @@ def test_notification_requests_get_no_reply(agents):
     t = agents
     with RawConn(t.socket) as c:
         c.send(b'{"jsonrpc":"2.0","method":"message.send","params":{"caller_agent_id":"alice","content":"n"}}\n')
+        c.send(b'{"jsonrpc":"2.0","method":"no.such.method"}\n')
         r = c.call("message.list", {}, rid=5)
         assert r["id"] == 5 and r["result"]["total"] == 1
+    assert_log_clean(t)
 
 
 def test_non_json_numbers_are_refused_and_never_reach_the_log(agents):

@@ -588,7 +588,8 @@ class Daemon:
                 self.store.release()
             else:
                 result = method.fn(Params(req.params), ctx)
-            reply = encode_response(req.id, result)
+            # A notification (no id) gets no reply: encoding one would fail on the missing id.
+            reply = None if req.is_notification else encode_response(req.id, result)
         except ThrumError as err:
             reply = encode_error(req.id, err)
         except (ValueError, TypeError) as exc:
