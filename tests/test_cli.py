@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from helpers import assert_log_clean
+
 
 def _json(proc):
     try:
@@ -71,6 +73,7 @@ def test_every_command_speaks_json(agents):
     assert {"agent_id", "role", "module", "status", "inbox_total", "inbox_unread", "unmerged_commits"} <= set(member)
     # The global flag may come first.
     assert _json(t.run("--json", "whoami", name="alice"))["agent_id"] == "alice"
+    assert_log_clean(t)
 
 
 def test_errors_are_json_under_json(agents):
@@ -94,6 +97,7 @@ def test_errors_are_json_under_json(agents):
         if rpc_code is not None:
             assert err["code"] == rpc_code, (argv, err)
         assert "Traceback" not in proc.stderr
+    assert_log_clean(t)
 
 
 def test_exit_codes_and_plain_errors(agents):

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import FACTOR, pid_alive, wait_for
-from helpers import RawConn, log_events, message_create_counts, register
+from helpers import RawConn, assert_log_clean, log_events, message_create_counts, register
 
 SENDERS = ("alice", "bob", "carol", "dave")
 WINDOW = 8          # requests each sender pipelines before reading the answers
@@ -88,3 +88,4 @@ def test_sigkill_mid_write_loses_no_acknowledged_message(daemon, kill_after):
                              if e.get("type") == "message.create")
         assert {cid: per_client[cid] for cid in sent} == {cid: 1 for cid in sent}
         assert c.call("message.list", {"page_size": 1})["total"] == len(sent)
+    assert_log_clean(t)

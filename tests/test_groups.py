@@ -2,6 +2,8 @@
 
 import json
 
+from helpers import assert_log_clean
+
 
 def test_group_commands(agents):
     t = agents
@@ -53,6 +55,7 @@ def test_group_commands(agents):
     assert {g["name"] for g in t.json("group", "list")["groups"]} == {"backend", "everyone"}
     # A deleted group's name can be used again.
     assert t.json("group", "create", "ops", name="alice")["name"] == "ops"
+    assert_log_clean(t)
 
 
 def test_group_rules(agents):
@@ -84,3 +87,4 @@ def test_group_rules(agents):
     # An agent may not take a group's name either.
     proc = t.run("quickstart", "--name", "crew", "--role", "tester", "--module", "qa", check=False)
     assert proc.returncode == 1 and "group" in proc.stderr
+    assert_log_clean(t)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import RawConn, log_lines, mode
+from helpers import RawConn, assert_log_clean, log_lines, mode
 
 BAD_NAMES = ["Alice", "a-b", "../x", "a/b", "a b", "a.b", "x" * 65]
 RESERVED = ["daemon", "system", "thrum", "all", "broadcast", "everyone"]
@@ -46,6 +46,7 @@ def test_invalid_and_reserved_names_are_refused_everywhere(daemon):
     assert list(ids_dir.iterdir()) == []
     assert log_lines(t.sync_dir) == log_before
     assert not (t.repo / ".thrum" / "x.json").exists() and not (t.repo / "x.json").exists()
+    assert_log_clean(t)
 
 
 def test_identity_file_layout(daemon):
@@ -94,6 +95,7 @@ def test_resolution_order_and_several_agents_per_worktree(daemon):
     # One identity left: it is chosen without a name.
     (t.repo / ".thrum" / "identities" / "bob.json").unlink()
     assert t.json("whoami")["agent_id"] == "alice"
+    assert_log_clean(t)
 
 
 def test_identity_and_session_commands(daemon):
@@ -156,6 +158,7 @@ def test_identity_and_session_commands(daemon):
     assert not (t.repo / ".thrum" / "identities" / "dave.json").exists()
     proc = t.run("agent", "delete", "dave", "--force", check=False)
     assert proc.returncode == 1 and "not found" in proc.stderr
+    assert_log_clean(t)
 
 
 def test_quickstart_and_whoami(daemon):

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from helpers import assert_log_clean
+
 
 @pytest.fixture
 def crew(daemon):
@@ -59,6 +61,7 @@ def test_addressing_reaches_the_right_inboxes(crew):
     assert "via flag" in contents(t, "alice")
     human = t.run("inbox", "--peek", name="alice").stdout
     assert "↳" in human or "got it" in human
+    assert_log_clean(t)
 
 
 def test_scope_ref_thread_and_priority(crew):
@@ -83,6 +86,7 @@ def test_scope_ref_thread_and_priority(crew):
     assert proc.returncode == 2
     proc = t.run("send", "x", "--scope", "nocolon", name="alice", check=False)
     assert proc.returncode == 2 and "type:value" in proc.stderr
+    assert_log_clean(t)
 
 
 def test_unknown_recipient_is_an_error_naming_close_matches(crew):
@@ -100,6 +104,7 @@ def test_unknown_recipient_is_an_error_naming_close_matches(crew):
     proc = t.run("send", "hi", "--to", "@zzzzzz", name="alice", check=False)
     assert proc.returncode == 1 and "zzzzzz" in proc.stderr
     assert t.call("message.list", include_deleted=True)["total"] == before
+    assert_log_clean(t)
 
 
 def test_only_the_author_edits_or_deletes(crew):
@@ -128,6 +133,7 @@ def test_only_the_author_edits_or_deletes(crew):
     assert contents(t, "bob") == []
     proc = t.run("message", "delete", mid, "--force", name="alice", check=False)
     assert proc.returncode == 1 and "already deleted" in proc.stderr
+    assert_log_clean(t)
 
 
 def test_read_tracking_and_pagination(crew):
@@ -170,3 +176,4 @@ def test_read_tracking_and_pagination(crew):
     for size in ("0", "101"):
         proc = t.run("inbox", "--page-size", size, name="bob", check=False)
         assert proc.returncode == 2, size
+    assert_log_clean(t)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import message_create_counts
+from helpers import assert_log_clean, message_create_counts
 from thrum.rpc import RPCError
 
 
@@ -102,6 +102,7 @@ def test_agents_and_sessions(daemon):
         with pytest.raises(RPCError) as exc:
             c.call("agent.delete", {"name": "bob"})
         assert exc.value.code == -32001
+    assert_log_clean(t)
 
 
 def test_messages(agents):
@@ -186,6 +187,7 @@ def test_messages(agents):
         # Deleted messages are hidden from lists unless asked for.
         assert c.call("message.list", {})["total"] == 1
         assert c.call("message.list", {"include_deleted": True})["total"] == 2
+    assert_log_clean(t)
 
 
 def test_client_id_retry_returns_the_same_message(agents):
@@ -201,6 +203,7 @@ def test_client_id_retry_returns_the_same_message(agents):
         assert other["message_id"] != first["message_id"]
         assert c.call("message.list", {})["total"] == 2
     assert message_create_counts(t.sync_dir)[first["message_id"]] == 1
+    assert_log_clean(t)
 
 
 def test_groups_and_team(agents):
@@ -257,3 +260,4 @@ def test_groups_and_team(agents):
             with pytest.raises(RPCError) as exc:
                 c.call(method, params)
             assert exc.value.code == code, (method, params, exc.value.message)
+    assert_log_clean(t)
