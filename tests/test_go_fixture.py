@@ -77,3 +77,19 @@ def test_fixture_loads(go_repo, fixture_tar):
         assert (t.sync_dir / "messages" / "coordinator_0000.jsonl").read_bytes().count(b"\n") > 100
     finally:
         t.stop()
+
+
+def test_daemon_start_imports_a_go_layout_without_migrate(go_repo):
+    t = go_repo
+    t.start()  # no `thrum migrate` first: start-up must not ignore (or overwrite) the Go data
+    try:
+        with t.client() as c:
+            assert len(c.call("agent.list", {})["agents"]) == 50
+            assert c.call("message.list", {"page_size": 1})["total"] == 10_000
+            assert len(c.call("group.list", None)["groups"]) == 21
+    finally:
+        t.stop()
+    # The Go database's read markers were imported, not lost with the database.
+    assert _reads(t.var / "messages.db") == 6_908
+    assert len(message_create_counts(t.sync_dir)) == 10_000
+    assert t.json("migrate")["imported"] == 0

@@ -391,6 +391,12 @@ class Daemon:
             moved = sync.ensure_worktree(info.toplevel, sync_dir)
             if moved:
                 log.warning("the sync worktree was broken; the old copy is kept at %s", moved)
+        from thrum import migrate
+
+        if migrate.needs_import(self.paths, sync_dir):
+            # A Go-written (or older) .thrum/: import it before the projection opens, so its data
+            # shows and the Go database (its read markers) is not replaced by a rebuild.
+            log.warning("imported an older or Go-written layout: %s", migrate.import_all(self.paths, sync_dir))
         self.store = make_store(self.paths, sync_dir, self.components)
         origin = self.store.origin_daemon
         result = self.store.open()
