@@ -664,10 +664,18 @@ def setup_logging(paths, foreground: bool) -> None:
     handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=5 * 1024 * 1024, backupCount=2)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-    if foreground:
+    if foreground and not _is_file(sys.stderr, paths.log):  # `start` sends our stderr to the log already
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(fmt)
         root.addHandler(stream)
+
+
+def _is_file(stream, path: str) -> bool:
+    try:
+        a, b = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def run_daemon(paths, *, foreground: bool = False) -> int:
