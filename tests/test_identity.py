@@ -180,6 +180,13 @@ def test_quickstart_and_whoami(daemon):
     assert proc.returncode == 2 and "--role and --module are required" in proc.stderr
     human = t.run("quickstart", "--name", "fay", "--role", "planner", "--module", "core").stdout
     assert "✓ Registered as @fay" in human and "✓ Session started: ses_" in human
+    # THRUM_NAME beats --name for register and quickstart too.
+    assert t.json("quickstart", "--name", "gil", "--role", "tester", "--module", "qa",
+                  name="hal")["register"]["agent_id"] == "hal"
+    assert t.json("agent", "register", "--name", "gil", "--role", "tester", "--module", "qb",
+                  name="ivy")["agent_id"] == "ivy"
+    names = sorted(p.stem for p in (t.repo / ".thrum" / "identities").iterdir())
+    assert names == ["erin", "fay", "hal", "ivy"]
 
 
 @pytest.mark.parametrize("argv", [("whoami",), ("inbox",)])
