@@ -139,6 +139,26 @@ def _assert_same(dump, snapshot):
         assert dump[table] == snapshot[table], f"table {table} differs after the rebuild"
 
 
+def test_lines_appended_after_a_crash_survive_recovery(agents):
+    t = agents
+    with t.client() as c:
+        acked = [c.call("message.send", {"caller_agent_id": "alice", "content": f"a{i}"})["message_id"]
+                 for i in range(3)]
+    t.kill()  # usually before the idle checkpoint: the journal still holds the last lines
+    extra = {"type": "message.create", "event_id": new_id("evt"), "timestamp": now_timestamp(), "v": 1,
+             "message_id": new_id("msg"), "agent_id": "alice", "session_id": "",
+             "body": {"format": "markdown", "content": "appended by another writer after the crash"}}
+    path = t.sync_dir / "messages" / "alice.jsonl"
+    with open(path, "ab") as f:
+        f.write(encode_line(extra))
+    t.start()
+    counts = message_create_counts(t.sync_dir)
+    assert {mid: counts[mid] for mid in acked + [extra["message_id"]]} == \
+        {mid: 1 for mid in acked + [extra["message_id"]]}
+    assert t.call("message.get", message_id=extra["message_id"])["message"]["agent_id"] == "alice"
+    assert t.call("message.list")["total"] == 4
+
+
 def _stop_and_snapshot(t):
     ids = _workload(t)
     t.stop()
@@ -280,3 +300,32 @@ def test_migrate_rebuild_prints_progress_on_a_terminal(daemon):
     # Not a terminal: no progress noise.
     plain = t.run("migrate", "--rebuild")
     assert "applying" not in plain.stderr
+
+
+def test_recovery_after_power_loss_keeps_other_writers_lines(tmp_path):
+    from thrum.store import Store
+
+    var = tmp_path / "var"
+    var.mkdir()
+    store = Store(str(tmp_path / "sync"), str(var / "messages.db"), str(var), "d_test")
+    store.open()
+    for i in range(3):
+        store.append("message.create", {"message_id": f"msg_{i}", "agent_id": "alice",
+                                        "body": {"format": "markdown", "content": f"m{i}"}})
+    store.commit()  # acknowledged: in the journal (fdatasync), the file itself not fsynced yet
+    path = tmp_path / "sync" / "messages" / "alice.jsonl"
+    acknowledged = path.read_bytes()
+    # Power loss: the file's unsynced blocks come back as zeros; then another writer appends.
+    foreign = encode_line({"type": "message.create", "event_id": "evt_FOREIGN", "timestamp": now_timestamp(),
+                           "message_id": "msg_foreign", "agent_id": "alice", "body": {"content": "x"}})
+    path.write_bytes(b"\0" * 40 + b"\n" + foreign)
+    store.db.close()
+    store.db = None
+    store.log._fds.clear()  # no checkpoint: the process is gone
+
+    again = Store(str(tmp_path / "sync"), str(var / "messages.db"), str(var), "d_test")
+    again.open()
+    assert path.read_bytes() == acknowledged + foreign
+    assert again.stats()["messages"] == 4
+    assert any(q.name.endswith(".recovered") for q in (var / "quarantine").iterdir())
+    again.close()

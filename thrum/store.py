@@ -263,9 +263,23 @@ class EventLog:
                               if _event_id_of(ln) not in present]
                     os.lseek(fd, size, os.SEEK_SET)
                 else:
-                    os.ftruncate(fd, offset)
-                    os.lseek(fd, offset, os.SEEK_SET)
-                    chunks = data[rel]
+                    tail = os.pread(fd, size - offset, offset)
+                    journaled = b"".join(data[rel])
+                    if tail.startswith(journaled):
+                        # The lines are there (the process died, not the machine): nothing to
+                        # redo, and whatever another writer appended since stays.
+                        chunks = []
+                    else:
+                        # Past its durable size the file is not what was acknowledged (power
+                        # loss): redo the journaled lines, keep a copy of what was there, and
+                        # keep other writers' complete events after them.
+                        if tail:
+                            self.quarantine(rel, tail, "recovered")
+                        ids = _event_ids(journaled) | {None}
+                        chunks = data[rel] + [ln + b"\n" for ln in tail.split(b"\n")[:-1]
+                                              if _event_id_of(ln) not in ids]
+                        os.ftruncate(fd, offset)
+                os.lseek(fd, 0, os.SEEK_END)
                 os.write(fd, b"".join(chunks))
                 os.fsync(fd)
             finally:
