@@ -394,11 +394,13 @@ class Daemon:
                 log.warning("the sync worktree was broken; the old copy is kept at %s", moved)
         from thrum import migrate
 
+        self.store = make_store(self.paths, sync_dir, self.components)
         if migrate.needs_import(self.paths, sync_dir):
             # A Go-written (or older) .thrum/: import it before the projection opens, so its data
-            # shows and the Go database (its read markers) is not replaced by a rebuild.
+            # shows and the Go database (its read markers) is not replaced by a rebuild. A crashed
+            # daemon's journal goes first, as in `thrum migrate`.
+            self.store.log.recover()
             log.warning("imported an older or Go-written layout: %s", migrate.import_all(self.paths, sync_dir))
-        self.store = make_store(self.paths, sync_dir, self.components)
         origin = self.store.origin_daemon
         result = self.store.open()
         if result["rebuilt"]:
