@@ -2,7 +2,9 @@
 
 import json
 
-from helpers import RawConn, assert_log_clean, message_create_counts, register
+import pytest
+
+from helpers import RawConn, assert_log_clean, log_lines, message_create_counts, register
 from thrum import rpc
 
 
@@ -146,3 +148,28 @@ def test_non_json_numbers_are_refused_and_never_reach_the_log(agents):
         assert r["error"]["code"] == -32700 and r["id"] is None
         assert c.call("health", rid=9)["result"]["status"] == "ok"
     assert message_create_counts(t.sync_dir) == before
+
+
+def test_a_failed_batch_leaves_no_trace_in_lookups(agents):
+    t = agents
+    target = t.sync_dir / "messages" / "carol.jsonl"
+    target.mkdir()  # carol's log file cannot be written
+    try:
+        with RawConn(t.socket) as c:
+            # One batch: register, start a session, send. The send's write fails, so all three do.
+            reqs = [("agent.register", {"name": "carol", "role": "tester", "module": "qa"}),
+                    ("session.start", {"agent_id": "carol"}),
+                    ("message.send", {"caller_agent_id": "carol", "content": "lost"})]
+            c.send(b"".join(json.dumps({"jsonrpc": "2.0", "method": m, "params": p, "id": i}).encode() + b"\n"
+                            for i, (m, p) in enumerate(reqs)))
+            replies = [c.recv() for _ in reqs]
+    finally:
+        target.rmdir()
+    if any("result" in r for r in replies):
+        pytest.skip("the requests were not run as one batch")
+    assert [r["error"]["code"] for r in replies] == [-32006, -32006, -32006]
+    assert "carol" not in {a["agent_id"] for a in t.call("agent.list")["agents"]}
+    with RawConn(t.socket) as c:
+        r = c.call("message.send", {"caller_agent_id": "carol", "content": "ghost"})
+    assert r["error"]["code"] == -32001  # carol does not exist: nothing cached says otherwise
+    assert "messages/carol.jsonl" not in {rel for rel, _ in log_lines(t.sync_dir)}
