@@ -18,6 +18,9 @@ def test_standard_error_codes(agents):
         assert c.recv()["error"]["code"] == -32700
         c.send(b"{}\n")
         assert c.recv()["error"]["code"] == -32600
+        c.send(b"\n")  # an empty line is not JSON either (docs/rpc.md)
+        r = c.recv()
+        assert r["error"]["code"] == -32700 and r["id"] is None
         c.request({"jsonrpc": "1.0", "method": "health", "id": 7})
         r = c.recv()
         assert r["error"]["code"] == -32600 and r["id"] == 7

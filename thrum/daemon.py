@@ -255,7 +255,7 @@ class Connection:
             if isinstance(item, Oversized):
                 self.daemon.enqueue(self, Ready(encode_error(None, TooLarge(
                     f"request line of {item.size} bytes is larger than the {MAX_LINE}-byte limit"))))
-            elif item.strip():
+            else:  # an empty line too: it gets -32700 like any other non-JSON line (docs/rpc.md)
                 self.daemon.enqueue(self, item)
 
     def send(self, data: bytes) -> None:
