@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import assert_log_clean, message_create_counts
+from helpers import assert_log_clean, log_events, log_lines, message_create_counts
 from thrum.rpc import RPCError
 
 
@@ -153,6 +153,11 @@ def test_messages(agents):
         assert [x["message_id"] for x in unread["messages"]] == [reply["message_id"]]
         also = c.call("message.markRead", {"caller_agent_id": "alice", "message_ids": [mid]})
         assert also["also_read_by"] == {mid: ["bob"]}
+        # Marking again changes nothing and writes nothing.
+        reads_before = [e for _, e in log_events(t.sync_dir) if e["type"] == "message.read"]
+        again = c.call("message.markRead", {"caller_agent_id": "bob", "message_ids": [mid]})
+        assert again["marked_count"] == 1 and again["newly_read"] == 0
+        assert [e for _, e in log_events(t.sync_dir) if e["type"] == "message.read"] == reads_before
         with pytest.raises(RPCError) as exc:
             c.call("message.markRead", {"caller_agent_id": "bob", "message_ids": []})
         assert exc.value.code == -32602
@@ -197,6 +202,7 @@ def test_client_id_retry_returns_the_same_message(agents):
         first = c.call("message.send", params)
         second = c.call("message.send", params)
         assert second["message_id"] == first["message_id"]
+        assert second.get("duplicate") is True and "duplicate" not in first
         assert second["created_at"] == first["created_at"]
         # The same client id from another author is another message.
         other = c.call("message.send", {**params, "caller_agent_id": "bob"})
@@ -215,6 +221,12 @@ def test_groups_and_team(agents):
         assert {k: add[k] for k in ("group", "member_type", "member_value")} == \
             {"group": "crew", "member_type": "agent", "member_value": "bob"}
         c.call("group.member.add", {"group": "crew", "member_type": "role", "member_value": "implementer"})
+        lines = log_lines(t.sync_dir)
+        same = c.call("group.member.add", {"group": "crew", "member_type": "agent", "member_value": "bob"})
+        assert same["status"] == "unchanged"
+        gone = c.call("group.member.remove", {"group": "crew", "member_type": "agent", "member_value": "carol"})
+        assert gone["status"] == "not_a_member"
+        assert log_lines(t.sync_dir) == lines  # no event when nothing changes
         groups = {x["name"]: x for x in c.call("group.list", None)["groups"]}
         assert set(groups) == {"crew", "everyone"}
         _has(groups["crew"], "group_id", "name", "member_count", "created_at")
