@@ -234,6 +234,17 @@ NEEDS_DAEMON = [
     ("group", "list"),
     ("group", "create", "crew"),
     ("team",),
+    ("quickstart", "--name", "zed", "--role", "r", "--module", "m"),
+    ("agent", "register", "--name", "zed", "--role", "r", "--module", "m"),
+    ("agent", "delete", "zed", "--force"),
+    ("message", "edit", "msg_x", "text"),
+    ("message", "delete", "msg_x", "--force"),
+    ("group", "add", "crew", "@alice"),
+    ("group", "members", "crew"),
+    ("session", "end"),
+    ("session", "heartbeat"),
+    ("agent", "set-task", "x"),
+    ("daemon", "status"),
 ]
 
 
@@ -245,7 +256,7 @@ def test_commands_say_to_start_the_daemon(daemon):
     for argv in NEEDS_DAEMON:
         proc = t.run(*argv, check=False)
         assert proc.returncode == 1, argv
-        assert "thrum daemon start" in proc.stderr, (argv, proc.stderr)
+        assert "thrum daemon start" in proc.stderr + proc.stdout, (argv, proc.stderr)
         assert "Traceback" not in proc.stderr
     t.start()
     t.stop()  # a clean stop: no socket file at all
