@@ -21,6 +21,7 @@ docs/guarantees.md and is lost by a rebuild.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -350,8 +351,10 @@ class Projection:
             "message.edit": self._message_edit,
             "message.delete": self._message_delete,
             "message.read": self._message_read,
-            **extra_appliers,
         }
+        # A component's applier gets this projection (its `db` is the rebuild's temp DB during a rebuild).
+        for etype, fn in extra_appliers.items():
+            self.appliers[etype] = functools.partial(fn, self)
 
     def apply(self, event: dict) -> bool:
         """Apply one event unless it was applied before. Returns True when it was new."""
@@ -536,7 +539,10 @@ class Store:
         self._extra_appliers: dict = {}
 
     def extend(self, schema_sql: str, appliers: dict) -> None:
-        """Add the tables and event appliers of another component (call before `open`)."""
+        """Add the tables and event appliers of another component (call before `open`).
+
+        Each applier is called as `fn(projection, event, ns)` and writes through `projection.db`.
+        """
         self._extra_schema.append(schema_sql)
         self._extra_appliers.update(appliers)
 
