@@ -665,6 +665,7 @@ def setup_logging(paths, foreground: bool) -> None:
 
 def run_daemon(paths, *, foreground: bool = False) -> int:
     """The body of `thrum daemon run`. Returns the process exit code."""
+    paths = paths.for_daemon()
     setup_logging(paths, foreground)
     daemon = Daemon(paths, foreground=foreground)
     for factory in _component_factories():
@@ -765,6 +766,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     """Spawn `thrum daemon run` detached and wait until it answers `health`."""
     from thrum.rpc import Client, DaemonUnavailable, RPCError
 
+    paths = paths.for_daemon()
     if lock_is_held(paths):
         info = read_pid_file(paths)
         raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "
