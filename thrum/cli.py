@@ -415,8 +415,8 @@ def cmd_init(ctx: Ctx) -> int:
         root = result["repository"]
         ctx._paths = None if a.dry_run else _paths_at(root)
         runtime, detected, how = _choose_runtime(ctx, root, a.runtime, prompt=True)
-        if ctx._paths is not None and not result.get("worktree"):
-            _save_runtime(ctx, runtime)
+        if ctx._paths is not None and not result.get("worktree") and how != "none":
+            _save_runtime(ctx, runtime)  # a fallback is not a choice: detection runs again next time
         part = _runtime_files(ctx, root, runtime, force=a.force, dry_run=a.dry_run, name=a.agent_name,
                               role=a.agent_role, module=a.agent_module)
         result["runtime_init"] = {**part, "detected": detected, "source": how}
@@ -1866,7 +1866,7 @@ def cmd_agent_cleanup(ctx: Ctx) -> int:
         raise UsageError("--dry-run and --force are mutually exclusive")
     if a.threshold < 0:
         raise UsageError("--threshold must be 0 or more days")
-    result = ctx.call("agent.cleanup", {"dry_run": True, "threshold": a.threshold})
+    result = ctx.call("agent.cleanup", {"dry_run": a.dry_run, "threshold": a.threshold})
     if result["orphans"] and not a.dry_run:
         confirmed = a.force
         if not confirmed and sys.stdin.isatty() and not ctx.json:
