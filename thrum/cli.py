@@ -1682,12 +1682,16 @@ def _wait_for_refresh(ctx: Ctx, session_id: str, since: str, timeout: float = 3.
     """After a heartbeat: the session's context once the daemon re-read git (bounded wait)."""
     import time
 
+    from thrum.events import parse_timestamp_ns
+
+    since_ns = parse_timestamp_ns(since)
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         found = _contexts(ctx, session_id=session_id)
         wc = found[0] if found else None
-        if wc is None or wc.get("git_checked_at", "") >= since or time.monotonic() > deadline:
+        checked = wc.get("git_checked_at") if wc else None
+        if wc is None or (checked and parse_timestamp_ns(checked) >= since_ns) or time.monotonic() > deadline:
             return wc
         time.sleep(delay)
         delay = min(delay * 2, 0.1)

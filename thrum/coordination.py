@@ -331,7 +331,7 @@ class Coordination:
                     continue
                 wc["matched_files"] = hits
             out.append(wc)
-        out.sort(key=lambda w: w.get("git_updated_at") or "", reverse=True)
+        out.sort(key=lambda w: _ns(w.get("git_updated_at")), reverse=True)  # newest first (stable otherwise)
         return {"contexts": out}
 
     def refresh_context(self, p: Params, ctx) -> dict:
