@@ -177,8 +177,13 @@ class Ctx:
             try:
                 self._paths = resolve(self.args.repo)
             except NotInitialized as exc:
-                raise CliError(f"thrum is not initialized in {exc}", "Run 'thrum init' in the repository first") \
-                    from None
+                from thrum.paths import find_git_toplevel
+
+                top = find_git_toplevel(str(exc))
+                linked = top is not None and os.path.isfile(os.path.join(top, ".git"))
+                raise CliError(f"thrum is not initialized in {exc}",
+                               "This is a git worktree: run 'thrum init' here to use the main checkout's daemon"
+                               if linked else "Run 'thrum init' in the repository first") from None
             except RedirectError as exc:
                 raise CliError(str(exc), "Run 'thrum setup --main-repo <path>' to repair the redirect") from None
         return self._paths

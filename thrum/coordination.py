@@ -183,10 +183,10 @@ class Coordination:
         """Periodic: refresh every checkout with an open session of ours; log pending line counts."""
         if self.stopped:
             return
+        self._later(self.refresh_every, self._tick)  # first, so a failure below cannot stop the timer
         for path in dict.fromkeys(row["worktree_path"] for row in self._local_sessions()):
             self.request(path)
         self._log_pending()
-        self._later(self.refresh_every, self._tick)
 
     def request(self, path: str) -> None:
         if not path or self.stopped:
@@ -380,6 +380,7 @@ class Coordination:
         """
         if self.stopped:
             return
+        self._later(min(60.0, max(0.25, self.session_timeout / 4)), self._sweep)
         limit = int(self.session_timeout * 1e9)
         now = now_ns()
         stale = []
@@ -401,7 +402,6 @@ class Coordination:
                     log.info("ending stale session %s of %s (no activity for %ds)", sid, agent_id, idle)
                     store.append("agent.session.end", {"session_id": sid, "reason": gitctx.STALE_REASON})
             self.daemon.run_write(write)
-        self._later(min(60.0, max(0.25, self.session_timeout / 4)), self._sweep)
 
     # -- orphaned agents ---------------------------------------------------------------------------
 
