@@ -125,6 +125,12 @@ def test_worktrees_listed_from_git_files(repo, env, tmp_path):
     wts = {os.path.basename(w["path"]): w for w in gitctx.list_worktrees(common)}
     assert wts["repo"]["main"] and wts["feat"]["exists"] and not wts["gone"]["exists"]
     assert list(gitctx.identity_locations(list(wts.values()))) == ["bob"]
+    # The same checkouts `git worktree list --porcelain` reports (which reads the same files).
+    porcelain = git(repo, "worktree", "list", "--porcelain", env=env)
+    listed = {os.path.realpath(line[len("worktree "):]) for line in porcelain.splitlines()
+              if line.startswith("worktree ")}
+    listed = {p for p in listed if "thrum-sync" not in p}
+    assert {os.path.realpath(w["path"]) for w in wts.values()} == listed
     assert gitctx.ref_exists(common, "feat") and not gitctx.ref_exists(common, "nope")
 
 
@@ -233,3 +239,19 @@ def test_heartbeat_accepts_a_worktree_ref(agents, tmp_path, env):
     wc = wait_for(lambda: [w for w in t.json("agent", "context", "--agent", "alice")["contexts"]
                            if "side.txt" in (w.get("changed_files") or [])], what="alice's new worktree")
     assert wc[0]["branch"] == "side"
+
+
+def test_refresh_context_rpc(agents):
+    t = agents
+    (t.repo / "fresh.py").write_text("f\n")
+    asked = t.call("agent.refreshContext", agent_id="alice")
+    assert asked["scheduled"] == [str(t.repo)]
+    from thrum.events import parse_timestamp_ns
+
+    def refreshed():
+        wc = t.call("agent.listContext", agent_id="alice")["contexts"][0]
+        checked = wc.get("git_checked_at")
+        return checked and parse_timestamp_ns(checked) >= parse_timestamp_ns(asked["requested_at"]) and wc
+    wc = wait_for(refreshed, what="the refresh")
+    assert "fresh.py" in wc["changed_files"] and wc["local"] and wc["status"] == "active"
+    assert t.call("agent.refreshContext", agent_id="nobody")["scheduled"] == []

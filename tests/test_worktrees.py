@@ -104,6 +104,12 @@ def test_the_git_context_reaches_the_log_only_when_it_changes(two_worktrees):
     t.run("session", "heartbeat", name="bob", cwd=feat)
     assert len(updates()) == before + 1
     assert "auth/third.py" in updates()[-1]["work_contexts"][0]["changed_files"]
+    # More lines in a file already listed: the live context shows them, the log waits (debounced).
+    (feat / "auth" / "third.py").write_text("x\ny\nz\n")
+    t.run("session", "heartbeat", name="bob", cwd=feat)
+    wait_for(lambda: [f["additions"] for f in t.json("who-has", feat / "auth" / "third.py")["contexts"][0]
+                      ["file_changes"] if f["path"] == "auth/third.py"] == [3], what="the new line counts")
+    assert len(updates()) == before + 1
 
 
 def test_cli_and_daemon_agree_from_a_feature_worktree(two_worktrees):

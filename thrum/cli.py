@@ -1676,8 +1676,7 @@ _STATUS_LETTER = {"added": "A", "modified": "M", "deleted": "D", "renamed": "R",
 
 def _file_row(f: dict) -> str:
     status = _STATUS_LETTER.get(f.get("status") or "modified", "M")
-    counts = " (binary)" if f.get("binary") else "" if status == "?" else \
-        f" (+{f.get('additions', 0)} -{f.get('deletions', 0)})"
+    counts = " (binary)" if f.get("binary") else f" (+{f.get('additions', 0)} -{f.get('deletions', 0)})"
     where = "" if f.get("uncommitted") else " [committed]"
     return f"{status} {f['path']}{counts}{where}"
 

@@ -211,6 +211,25 @@ def parse_diff(out: bytes) -> dict:
     return result
 
 
+UNTRACKED_READ_BUDGET = 2 * 1024 * 1024  # bytes read per refresh to count new files' lines
+
+
+def _count_lines(path: str, budget: list[int]) -> tuple[int, bool] | None:
+    """(lines, binary) of a small untracked file, or None when over the read budget."""
+    try:
+        size = os.stat(path).st_size
+        if size > budget[0]:
+            return None
+        with open(path, "rb") as f:
+            data = f.read(size)
+    except OSError:
+        return None
+    budget[0] -= len(data)
+    if b"\0" in data[:8192]:
+        return 0, True
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0), False
+
+
 def build_context(worktree: str, status: dict, log_info: dict, diff: dict, *, stat=os.stat) -> dict:
     """One work context (the git part) from the three parsed outputs.
 
@@ -225,9 +244,14 @@ def build_context(worktree: str, status: dict, log_info: dict, diff: dict, *, st
     uncommitted = status["files"]
     paths = list(dict.fromkeys([*diff, *uncommitted]))
     changes = []
+    budget = [UNTRACKED_READ_BUDGET]
     for path in paths[:MAX_FILES]:
         d = diff.get(path, {})
         u = uncommitted.get(path)
+        if u is not None and u.get("status") == "untracked" and not d:
+            counted = _count_lines(os.path.join(worktree, path), budget)
+            if counted is not None:
+                d = {"additions": counted[0], "deletions": 0, "binary": counted[1]}
         # The status against the fork point (added on this branch) says more than the worktree's.
         entry = {"path": path, "status": d.get("status") or (u or {}).get("status") or "modified",
                  "additions": d.get("additions", 0), "deletions": d.get("deletions", 0)}
