@@ -1826,10 +1826,9 @@ def _context_table(contexts: list[dict]) -> list[str]:
 
 
 def _show_contexts(ctx: Ctx, agent: str = "") -> int:
-    a = ctx.args
-    contexts = _contexts(ctx, agent_id=agent or getattr(a, "agent_id", "") or "",
-                         branch=getattr(a, "branch", "") or "", file=_repo_relative(a.file)[0] if getattr(
-                             a, "file", "") else "")
+    a = ctx.args  # `agent list --context` has no filters; `agent context` has them (--file: a substring)
+    contexts = _contexts(ctx, agent_id=agent or getattr(a, "agent_id", ""), branch=getattr(a, "branch", ""),
+                         file=getattr(a, "file", ""))
     detail = bool(agent) and len(contexts) == 1
 
     def human(r):
@@ -2224,7 +2223,7 @@ def _prime_from_daemon(ctx: Ctx, data: dict, ident) -> None:
     contexts = _contexts(ctx)
     data["agents"] = {"total": len(agents), "active": sum(a["status"] == "active" for a in agents),
                       "list": [{k: a.get(k) for k in ("agent_id", "role", "module", "status", "intent", "branch")
-                                if a.get(k)} for a in agents[:30]]}
+                                if a.get(k)} for a in agents if a["status"] == "active"][:30]}
     if ident is None:
         return
     me = _whoami(ctx, ident)
