@@ -1579,9 +1579,7 @@ def cmd_status(ctx: Ctx) -> int:
             data["context"] = {"has_context": notes["has_context"]}
             if notes["has_context"]:
                 data["context"].update(size=notes["size"], updated_at=notes.get("updated_at", ""))
-        inbox = ctx.call("message.list", {"for_agent": ident.name, "for_agent_role": ident.role,
-                                          "exclude_self": True, "caller_agent_id": ident.name, "page_size": 1})
-        data["inbox"] = {"total": inbox["total"], "unread": inbox["unread"]}
+        data["inbox"] = _inbox_counts(ctx, ident)
     port = _ws_port(ctx)
     if port:
         data["websocket_port"] = port
