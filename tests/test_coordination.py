@@ -224,3 +224,12 @@ def test_quickstart_reports_runtime_and_writes_files_only_when_asked(daemon):
     assert {f["path"] for f in asked["runtime_init"]["files"]} == {".gemini/settings.json", "GEMINI.md",
                                                                    "scripts/thrum-startup.sh"}
     assert (t.repo / ".cursorrules").read_text() == "my rules\n"
+
+
+def test_help_lists_the_coordination_commands(thrum):
+    out = thrum.run("--help").stdout
+    for name in ("who-has", "ping", "overview", "prime", "context", "setup", "runtime"):
+        assert f"    {name} " in out or f"    {name}\n" in out, name
+    for args in (("agent", "cleanup"), ("agent", "context"), ("context", "save"), ("setup", "claude-md"),
+                 ("group", "add")):
+        assert thrum.run(*args, "--help").returncode == 0

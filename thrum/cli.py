@@ -1391,10 +1391,16 @@ def _setup_group(c: Commands) -> None:
     p = c.add(g, "delete", "Delete a group", cmd_group_delete)
     p.add_argument("group", metavar="NAME")
     for verb, func in (("add", cmd_group_add), ("remove", cmd_group_remove)):
-        p = c.add(g, verb, f"{verb.capitalize()} a member: an agent, --role R or --group G", func)
+        # Here --role names the member, so these parsers get their own copy of the global flags
+        # with that one replaced (the shared parent's actions must stay untouched).
+        own = Parser(add_help=False, conflict_handler="resolve")
+        _common_flags(own, suppress=True)
+        own.add_argument("--role", dest="member_role", default="", help="every agent with this role ('*' = all)")
+        help_text = f"{verb.capitalize()} a member: an agent, --role R or --group G"
+        p = g.add_parser(verb, help=help_text, description=help_text, parents=[own])
+        p.set_defaults(func=func)
         p.add_argument("group", metavar="GROUP")
         p.add_argument("member", metavar="MEMBER", nargs="?", help="agent name (@name)")
-        p.add_argument("--role", dest="member_role", default="", help="every agent with this role ('*' = all)")
         p.add_argument("--group", dest="member_group", default="", help="another group (nested)")
     c.add(g, "list", "List groups", cmd_group_list)
     p = c.add(g, "info", "Show a group and its members", cmd_group_info)
