@@ -103,9 +103,12 @@ _STATUS_WORDS = {"M": "modified", "T": "modified", "A": "added", "D": "deleted",
                  "C": "copied", "U": "conflicted", "?": "untracked"}
 
 
+# Paths are decoded with "replace": a file name that is not UTF-8 must not make the
+# context unloggable (the log is UTF-8 JSON); it only shows with U+FFFD in it.
+
 def parse_status(out: bytes) -> dict:
     """`status --porcelain=v2 -z --branch` -> {branch, head, files: {path: {status, old_path?}}}."""
-    tokens = out.decode("utf-8", "surrogateescape").split("\0")
+    tokens = out.decode("utf-8", "replace").split("\0")
     branch, head = "", ""
     files: dict[str, dict] = {}
     i = 0
@@ -152,7 +155,7 @@ def parse_log(out: bytes) -> dict:
     """`log --name-only --format=<RS>%H<US>%P<US>%cI<US>%s` -> {commits, truncated, fork_point}."""
     commits = []
     parents: dict[str, list[str]] = {}
-    for chunk in out.decode("utf-8", "surrogateescape").split(_RS):
+    for chunk in out.decode("utf-8", "replace").split(_RS):
         if not chunk.strip():
             continue
         header, _, rest = chunk.partition("\n")
@@ -176,7 +179,7 @@ def parse_log(out: bytes) -> dict:
 
 def parse_diff(out: bytes) -> dict:
     """`diff -z --raw --numstat` -> {path: {status, additions, deletions, old_path?}}."""
-    tokens = out.decode("utf-8", "surrogateescape").split("\0")
+    tokens = out.decode("utf-8", "replace").split("\0")
     result: dict[str, dict] = {}
     i = 0
     while i < len(tokens):
