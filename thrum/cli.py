@@ -2248,7 +2248,10 @@ def _prime_from_daemon(ctx: Ctx, data: dict, ident) -> None:
     data["messages"] = {**counts, "recent": [
         {"message_id": m["message_id"], "from": m["agent_id"], "priority": m.get("priority", "normal"),
          "content": m["body"]["content"][:200]} for m in listing["messages"]]}
-    notes = ctx.call("context.show", {"agent_name": ident.name, "include_preamble": False})
+    try:
+        notes = ctx.call("context.show", {"agent_name": ident.name, "include_preamble": False})
+    except CliError:  # e.g. a legacy name that cannot name a file; prime must still answer
+        notes = {}
     if notes.get("has_context"):
         text = _unb64(notes.get("content"))
         data["context"] = {"size": notes["size"], "updated_at": notes.get("updated_at", ""),
