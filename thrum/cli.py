@@ -1623,6 +1623,7 @@ def cmd_status(ctx: Ctx) -> int:
         lines.append(f"Daemon:   running ({duration_text(h['uptime_ms'])} uptime, v{h['version']})")
         if d.get("websocket_port"):
             lines.append(f"WebSocket: ws://127.0.0.1:{d['websocket_port']}/ws")
+            lines.append(f"UI:        http://127.0.0.1:{d['websocket_port']} (open it with: thrum ui)")
         return lines
     ctx.emit(data, human)
     return 0
@@ -1644,6 +1645,224 @@ def _ws_port(ctx: Ctx) -> int | None:
 
 # == real time: `subscribe`, `unsubscribe`, `subscriptions`, `wait`, `ui` ============================
 # (commands for push notifications and the web UI live here)
+
+def _filter_flags(p, *, inbox_help: str) -> None:
+    p.add_argument("--scope", action="append", help="messages with this scope type:value")
+    p.add_argument("--mention", action="append", help="messages that mention @role, @name or @group")
+    p.add_argument("--all", action="store_true", help="every message but your own (firehose)")
+    p.add_argument("--inbox", action="store_true", help=inbox_help)
+
+
+def _filter_params(ctx: Ctx, exclusive: bool) -> dict:
+    args = ctx.args
+    scopes = split_pairs(args.scope, "scope")
+    mentions = split_list(args.mention)
+    given = sum(1 for x in (scopes, mentions, args.all, args.inbox) if x)
+    if exclusive and given > 1:
+        raise UsageError("--scope, --mention, --inbox and --all are mutually exclusive")
+    if exclusive and given == 0:
+        raise UsageError("must specify one of: --scope, --mention, --inbox, or --all")
+    if len(scopes) > 1 or len(mentions) > 1:
+        raise UsageError("give --scope and --mention at most once")
+    params: dict = {}
+    if args.all:
+        params["all"] = True
+    if args.inbox:
+        params["inbox"] = True
+    if scopes:
+        params["scope"] = scopes[0]
+    if mentions:
+        params["mention_role"] = mentions[0].lstrip("@")
+    return params
+
+
+def _describe_subscription(s: dict) -> str:
+    if s.get("all"):
+        return "All messages (firehose)"
+    parts = []
+    if s.get("scope_type"):
+        parts.append(f"Scope ({s['scope_type']}:{s['scope_value']})")
+    if s.get("mention_role"):
+        parts.append(f"Mention (@{s['mention_role']})")
+    if s.get("inbox"):
+        parts.append("Inbox (messages for you)")
+    return " or ".join(parts) or "?"
+
+
+@command("subscribe")
+def _setup_subscribe(c: Commands) -> None:
+    p = c.add(c.sub, "subscribe", "Get push notifications for matching messages (kept until unsubscribe)",
+              cmd_subscribe)
+    _filter_flags(p, inbox_help="messages addressed to you (direct, role, group, broadcast)")
+    _name_flag(p)
+
+
+def cmd_subscribe(ctx: Ctx) -> int:
+    params = _filter_params(ctx, exclusive=True)
+    ident = ctx.identity()
+    result = ctx.call("subscribe", ctx.caller(params, ident))
+    ctx.emit(result, [f"✓ Subscription created: #{result['subscription_id']}",
+                      f"  Session:    {result.get('session_id') or 'none'}",
+                      f"  Created:    {local_time(result['created_at'])}",
+                      "  Delivered to: WebSocket clients (thrum ui) and connections of this agent that stay open"])
+    return 0
+
+
+@command("unsubscribe")
+def _setup_unsubscribe(c: Commands) -> None:
+    p = c.add(c.sub, "unsubscribe", "Remove one of your subscriptions", cmd_unsubscribe)
+    p.add_argument("subscription_id", metavar="ID")
+    _name_flag(p)
+
+
+def cmd_unsubscribe(ctx: Ctx) -> int:
+    raw = ctx.args.subscription_id.lstrip("#")
+    try:
+        sid = int(raw)
+    except ValueError:
+        raise UsageError(f"invalid subscription ID: {ctx.args.subscription_id}") from None
+    if sid <= 0:
+        raise UsageError(f"invalid subscription ID: {ctx.args.subscription_id}")
+    ident = ctx.identity()
+    result = ctx.call("unsubscribe", ctx.caller({"subscription_id": sid}, ident))
+    if result.get("removed"):
+        ctx.emit(result, [f"✓ Subscription #{sid} removed"])
+        return 0
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        ctx.warn(f"✗ No subscription #{sid} (see: thrum subscriptions)")
+    return 1
+
+
+@command("subscriptions")
+def _setup_subscriptions(c: Commands) -> None:
+    p = c.add(c.sub, "subscriptions", "List your subscriptions", cmd_subscriptions)
+    _name_flag(p)
+
+
+def cmd_subscriptions(ctx: Ctx) -> int:
+    ident = ctx.identity()
+    result = ctx.call("subscriptions.list", ctx.caller({}, ident))
+
+    def human(r):
+        subs = r["subscriptions"]
+        if not subs:
+            return ["No active subscriptions.", "  Tip: Subscribe with 'thrum subscribe --scope module:X' or --all"]
+        lines = [f"Active subscriptions ({len(subs)}):", ""]
+        for s in subs:
+            label = "Temporary #" if s.get("temporary") else "Subscription #"
+            lines += [f"┌─ {label}{s['id']}", f"│  Type:       {_describe_subscription(s)}",
+                      f"│  Created:    {local_time(s['created_at'])}", "└─"]
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+@command("wait")
+def _setup_wait(c: Commands) -> None:
+    p = c.add(c.sub, "wait", "Wait for a message for you (or matching a filter), print it and mark it read",
+              cmd_wait)
+    _filter_flags(p, inbox_help="messages addressed to you (the default)")
+    p.add_argument("--timeout", default="30s", help="give up after this long (30s, 5m, 1h; default 30s)")
+    p.add_argument("--after", default="",
+                   help="also accept unread messages created after this: -30s (ago), +60s (from now) or an "
+                        "RFC 3339 time (default: now, i.e. only new messages)")
+    _name_flag(p)
+    import re
+
+    # `--after -30s` (as the Go CLI and its prompts write it): a value that starts with -digit is not a flag.
+    p._negative_number_matcher = re.compile(r"^-\d")
+
+
+def _after_ns(text: str, now: int) -> int:
+    from thrum.events import EventError, parse_timestamp_ns
+
+    text = text.strip()
+    if not text:
+        return now
+    if text[0] in "+-" or text[0].isdigit() and not text[:4].isdigit():
+        try:
+            return now + int(parse_duration(text) * 1e9)
+        except ValueError as exc:
+            raise UsageError(f'invalid --after duration "{text}": {exc} (examples: -30s, -5m, +60s)') from None
+    try:
+        return parse_timestamp_ns(text)
+    except EventError as exc:
+        raise UsageError(f'invalid --after duration "{text}": {exc} (examples: -30s, -5m, +60s)') from None
+
+
+def cmd_wait(ctx: Ctx) -> int:
+    """Block on push (a temporary subscription on this connection; see push.wait_for_message)."""
+    import time
+
+    from thrum.events import format_ns
+    from thrum.push import wait_for_message
+    from thrum.rpc import DaemonUnavailable, RPCError
+
+    try:
+        timeout = parse_duration(ctx.args.timeout)
+    except ValueError as exc:
+        raise UsageError(f"invalid timeout: {exc}") from None
+    if timeout <= 0:
+        raise UsageError(f"invalid timeout: {ctx.args.timeout} (must be positive)")
+    filters = _filter_params(ctx, exclusive=False) or {"inbox": True}
+    ident = ctx.identity()
+    start = time.monotonic()
+    after = format_ns(_after_ns(ctx.args.after, time.time_ns()))
+
+    def listening(sub: dict) -> None:
+        if ctx.args.verbose:
+            print(f"Listening for messages after {after}", file=sys.stderr)
+    try:
+        msg = wait_for_message(ctx.client(), ident.name, filters, timeout, after, listening)
+    except RPCError as exc:
+        raise CliError(exc.message, rpc_code=exc.code, data=exc.data) from None
+    except DaemonUnavailable as exc:
+        raise CliError(f"lost the daemon while waiting: {exc}", "Check the daemon with: thrum daemon status") \
+            from None
+    if msg is not None:
+        ctx.emit(msg, [f"✓ Message received: {msg['message_id']} from @{msg['agent_id']}"]
+                 + ["  " + line for line in msg["body"]["content"].splitlines()])
+        return 0
+    print("Timeout: no matching messages received", file=sys.stderr)
+    if ctx.json:
+        print(json.dumps({"status": "timeout", "waited_seconds": round(time.monotonic() - start, 3)}))
+    return 1
+
+
+@command("ui")
+def _setup_ui(c: Commands) -> None:
+    p = c.add(c.sub, "ui", "Print (and on a desktop, open) the web UI's address with its access token", cmd_ui)
+    p.add_argument("--no-open", action="store_true", help="only print the address")
+
+
+def cmd_ui(ctx: Ctx) -> int:
+    ctx.call("health")  # a clear error when the daemon is down
+    port = _ws_port(ctx)
+    try:
+        with open(os.path.join(ctx.paths.var, "ws.token"), encoding="ascii") as f:
+            token = f.read().strip()
+    except OSError:
+        token = ""
+    if not port or not token:
+        raise CliError("the daemon has no web server (see its log: " + ctx.paths.log + ")",
+                       "Is the 'websockets' package installed? Then: thrum daemon restart")
+    url = f"http://127.0.0.1:{port}/?token={token}"
+    data = {"url": url, "port": port, "ws_url": f"ws://127.0.0.1:{port}/ws?token={token}"}
+    opened = False
+    desktop = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"
+    if desktop and not ctx.args.no_open and not ctx.json:
+        import webbrowser
+
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+    ctx.emit(data, [f"Thrum UI: {url}",
+                    "  Opened in your browser." if opened else "  Open this address in a browser on this machine.",
+                    "  The token in it gives full access to this repository's thrum; do not share it."])
+    return 0
 
 
 # == work context: `who-has`, `ping`, `overview`, `context`, `prime`, `setup`, `runtime`, `agent cleanup` ==

@@ -57,17 +57,15 @@ CREATE TABLE synced_contexts (agent_id TEXT PRIMARY KEY, content TEXT NOT NULL, 
 """
 
 
-def _apply_context_update(projection, e: dict, ns: int) -> None:
+def _apply_context_update(db, e: dict, ns: int) -> None:
     agent_id, content = e.get("agent_id"), e.get("content")
     if not isinstance(agent_id, str) or not agent_id or not isinstance(content, str):
         return
-    row = projection.db.execute("SELECT updated_ns, event_id FROM synced_contexts WHERE agent_id=?",
-                                (agent_id,)).fetchone()
+    row = db.execute("SELECT updated_ns, event_id FROM synced_contexts WHERE agent_id=?", (agent_id,)).fetchone()
     if row is not None and (row[0], row[1]) > (ns, e["event_id"]):
         return  # an older copy arriving late
-    projection.db.execute("INSERT OR REPLACE INTO synced_contexts VALUES (?,?,?,?,?,?)",
-                          (agent_id, content, e.get("timestamp", ""), ns, e.get("origin_daemon") or "",
-                           e["event_id"]))
+    db.execute("INSERT OR REPLACE INTO synced_contexts VALUES (?,?,?,?,?,?)",
+               (agent_id, content, e.get("timestamp", ""), ns, e.get("origin_daemon") or "", e["event_id"]))
 
 
 def _ns(timestamp) -> int:
@@ -117,7 +115,9 @@ class Coordination:
     # -- lifecycle ------------------------------------------------------------------
 
     def extend_store(self, store) -> None:
-        store.extend(_CONTEXT_SCHEMA, {"context.update": _apply_context_update})
+        # store.projection is the database being built during a rebuild too.
+        store.extend(_CONTEXT_SCHEMA, {"context.update": lambda e, ns: _apply_context_update(
+            store.projection.db, e, ns)})
 
     def start(self, daemon) -> None:
         from thrum.sync import git_env

@@ -746,7 +746,7 @@ def _component_factories() -> list:
 
 
 # Modules that may contribute a daemon component through make_component(paths).
-COMPONENT_MODULES = ("thrum.sync", "thrum.ws", "thrum.gitctx")
+COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx")
 
 
 # -- controlling a daemon from the CLI ------------------------------------------------------

@@ -29,7 +29,6 @@ docs/guarantees.md and is lost by a rebuild.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -539,10 +538,8 @@ class Projection:
             "message.edit": self._message_edit,
             "message.delete": self._message_delete,
             "message.read": self._message_read,
+            **extra_appliers,
         }
-        # A component's applier gets this projection (its `db` is the rebuild's temp DB during a rebuild).
-        for etype, fn in extra_appliers.items():
-            self.appliers[etype] = functools.partial(fn, self)
         # Bumped whenever agents, sessions or groups change, so callers may cache lookups of them.
         self.version = 0
         self._versioned = frozenset({
@@ -741,7 +738,8 @@ class Store:
     def extend(self, schema_sql: str, appliers: dict) -> None:
         """Add the tables and event appliers of another component (call before `open`).
 
-        Each applier is called as `fn(projection, event, ns)` and writes through `projection.db`.
+        An applier is called as fn(event, ns); it writes through `store.projection.db`,
+        which is the database being built during a rebuild too.
         """
         self._extra_schema.append(schema_sql)
         self._extra_appliers.update(appliers)
@@ -834,6 +832,7 @@ class Store:
         conn.execute("INSERT INTO meta VALUES ('schema_hash', ?)", (self._schema_hash(),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         proj = Projection(conn, self._extra_appliers)
+        self.projection = proj  # extra appliers reach the database being built through store.projection.db
         events: list[tuple[tuple[int, str], dict]] = []
         ends: dict[str, tuple[int, bytes]] = {}
         files = self.log.files()
