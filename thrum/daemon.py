@@ -617,8 +617,7 @@ class Daemon:
                     raise
             else:
                 result = method.fn(Params(req.params), ctx)
-            # A notification (no id) gets no reply: encoding one would fail on the missing id.
-            reply = None if req.is_notification else encode_response(req.id, result)
+            reply = encode_response(req.id, result)
         except ThrumError as err:
             reply = encode_error(req.id, err)
         except (ValueError, TypeError) as exc:
@@ -703,6 +702,7 @@ def _is_file(stream, path: str) -> bool:
 
 def run_daemon(paths, *, foreground: bool = False) -> int:
     """The body of `thrum daemon run`. Returns the process exit code."""
+    paths = paths.for_daemon()
     setup_logging(paths, foreground)
     daemon = Daemon(paths, foreground=foreground)
     for factory in _component_factories():
@@ -803,6 +803,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     """Spawn `thrum daemon run` detached and wait until it answers `health`."""
     from thrum.rpc import Client, DaemonUnavailable, RPCError
 
+    paths = paths.for_daemon()
     if lock_is_held(paths):
         info = read_pid_file(paths)
         raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "
