@@ -839,7 +839,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
 
 
 def stop_daemon(paths, *, timeout: float = 10.0) -> dict:
-    """SIGTERM the daemon holding the lock and wait for the lock to be released."""
+    """SIGTERM the daemon holding the lock; wait until the lock is released and the process is gone."""
     if not lock_is_held(paths):
         raise StartError("daemon is not running")
     info = read_pid_file(paths)
@@ -853,8 +853,24 @@ def stop_daemon(paths, *, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     delay = 0.005
     while time.monotonic() < deadline:
-        if not lock_is_held(paths):
+        # The lock goes first; "stopped" also means the process has exited (it still
+        # tears down its interpreter after releasing the lock).
+        if not lock_is_held(paths) and _exited(pid):
             return {"pid": pid, "stopped": True}
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     raise StartError(f"timeout waiting for daemon to stop (PID {pid} still running)")
+
+
+def _exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie (no parent reaps it in some containers) has exited too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
