@@ -511,3 +511,40 @@ def test_local_writes_are_pushed_soon_without_a_force(clones, remote, sync_env):
         return mid in git(a.repo, "show", "origin/a-sync:messages/alice.jsonl", env=sync_env, check=False)
     wait_for(lambda: (git(a.repo, "fetch", "-q", "origin", env=sync_env, check=False) is not None) and pushed(),
              timeout=60, what="the debounced round to push the message")
+
+
+# -- init ----------------------------------------------------------------------------------
+
+def test_init_adopts_the_remote_branch_and_says_so(clones, remote, sync_env):
+    a = clones.clone("a")
+    a.quickstart("alice")
+    force(a)
+    path = clones.tmp / "fresh"
+    git(clones.tmp, "clone", "-q", str(remote), str(path), env=sync_env)
+    git(path, "update-ref", "-d", "refs/remotes/origin/a-sync", env=sync_env)  # init must fetch it itself
+    out = Thrum(path, sync_env).run("init").stdout
+    assert "Adopted: a-sync branch from origin" in out
+    assert git(path, "rev-parse", "a-sync", env=sync_env) == git(a.repo, "rev-parse", "a-sync", env=sync_env)
+    assert b'"agent_id":"alice"' in (path / ".git" / "thrum-sync" / "a-sync" / "events.jsonl").read_bytes()
+    # The user's own checkout is untouched: same branch, clean status.
+    assert git(path, "rev-parse", "--abbrev-ref", "HEAD", env=sync_env) == "main"
+    assert git(path, "status", "--porcelain", "--untracked-files=no", env=sync_env) == ""
+
+
+def test_init_offline_says_the_histories_will_be_joined(clones, remote, sync_env):
+    path = clones.tmp / "offline"
+    git(clones.tmp, "clone", "-q", str(remote), str(path), env=sync_env)
+    remote.rename(remote.with_name("away.git"))
+    try:
+        out = Thrum(path, sync_env).run("init").stdout
+    finally:
+        remote.with_name("away.git").rename(remote)
+    assert "Created: a-sync branch" in out and "Note: could not fetch a-sync from origin" in out
+
+
+def test_init_in_local_only_mode_does_not_read_the_remote(clones, remote, sync_env):
+    a = clones.clone("a")
+    force(a)
+    loc = clones.clone("loc", init=False, start=False, env=dict(sync_env, THRUM_LOCAL="1"))
+    out = loc.run("init").stdout
+    assert "Created: a-sync branch" in out and "Adopted" not in out

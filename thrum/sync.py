@@ -40,6 +40,7 @@ def git_env(extra: dict | None = None) -> dict:
         env.pop(key, None)  # a caller's git hook environment must not redirect our calls
     env.update({
         "GIT_TERMINAL_PROMPT": "0",
+        "SSH_ASKPASS_REQUIRE": "never",  # no passphrase dialogs from a daemon (ssh has no tty here)
         "GIT_ASKPASS": "/bin/true" if os.path.exists("/bin/true") else "true",
         "GIT_AUTHOR_NAME": IDENTITY[0], "GIT_AUTHOR_EMAIL": IDENTITY[1],
         "GIT_COMMITTER_NAME": IDENTITY[0], "GIT_COMMITTER_EMAIL": IDENTITY[1],
@@ -51,11 +52,12 @@ def git_env(extra: dict | None = None) -> dict:
 
 
 _SAFE_CONFIG = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
-                "-c", "core.fsmonitor=false", "-c", "gc.auto=0"]
+                "-c", "push.gpgSign=false", "-c", "core.fsmonitor=false", "-c", "gc.auto=0"]
 
 
-def git_argv(args: list[str]) -> list[str]:
-    return ["git", *_SAFE_CONFIG, *args]
+def git_argv(args: list[str], *, allow_gc: bool = False) -> list[str]:
+    config = _SAFE_CONFIG[:-2] if allow_gc else _SAFE_CONFIG  # gc.auto=0 is the last pair
+    return ["git", *config, *args]
 
 
 def git(args: list[str], cwd: str, *, timeout: float = DEFAULT_TIMEOUT, input: bytes | None = None,
@@ -254,6 +256,7 @@ WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop 
 BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
 DEFAULT_INTERVAL = 60
 DEFAULT_DEBOUNCE = 2.0     # seconds from the first unsynced local write to a round
+GC_EVERY = 100             # commits of ours between two `git gc --auto` (git's own thresholds decide)
 _LOG_PATH = re.compile(r"^(events\.jsonl|messages/[A-Za-z0-9_-]+\.jsonl)$")
 
 
@@ -446,6 +449,7 @@ class _Round:
         self.head = ""
         self.remote_head = ""
         self.ahead = self.behind = 0
+        self.made_commit = False
 
     # small steps
 
@@ -694,6 +698,7 @@ class _Round:
                     args += ["-p", p]
                 res = yield from self._git(*args, input=msg.encode())
                 commit = res.text
+                self.made_commit = True
         if commit != expected:
             res = yield from self._git("update-ref", "-m", "thrum sync", ref, commit, expected, ok=None)
             if res.rc != 0:
@@ -839,6 +844,7 @@ class SyncLoop:
         self.timer = None
         self.debounce_timer = None
         self.child = None
+        self.gc_child = None
         self.gen = None
         self.round = None
         self.lock_fd: int | None = None
@@ -885,13 +891,14 @@ class SyncLoop:
             if handle is not None:
                 self.daemon.loop.cancel(handle)
         self.timer = self.debounce_timer = None
-        if self.child is not None and not self.child.done:
-            self.child.kill()  # every git step is safe to interrupt: refs move atomically or not at all
-            try:
-                self.child.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.child = None
+        for child in (self.child, self.gc_child):
+            if child is not None and not child.done:
+                child.kill()  # every git step is safe to interrupt: refs move atomically or not at all
+                try:
+                    child.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.child = self.gc_child = None
         if self.gen is not None:
             self.gen.close()
             self.gen = None
@@ -1041,6 +1048,8 @@ class SyncLoop:
         if rnd is not None:
             if not self.local_only:
                 self.remote_configured = rnd.remote_configured
+            if rnd.made_commit:
+                st["commits_since_gc"] = st.get("commits_since_gc", 0) + 1
             if rnd.head:  # the round got as far as its commit
                 st["remote_head"] = rnd.remote_head
                 st["ahead"], st["behind"] = rnd.ahead, rnd.behind
@@ -1058,6 +1067,9 @@ class SyncLoop:
         st["bad_remote_lines"] = st.get("bad_remote_lines", 0) + result.get("bad_lines", 0)
         st["last_round"] = {k: result[k] for k in ("pulled", "pushed", "committed", "duration_ms", "ok")}
         self.last_result = result
+        if st.get("commits_since_gc", 0) >= GC_EVERY and self.gc_child is None and self.running:
+            st["commits_since_gc"] = 0
+            self._gc()
         self._save()
         waiters, self.waiters = self.waiters, []
         if waiters:
@@ -1075,6 +1087,18 @@ class SyncLoop:
         self.timer = loop.call_later(self.interval, self._tick)
         if self.dirty and self.debounce > 0 and not error:
             self.debounce_timer = loop.call_later(self.debounce, self._debounced)
+
+    def _gc(self) -> None:
+        """Each round writes whole-file blobs; let git pack them now and then (as `git commit` would)."""
+        def done(rc, out, err):
+            self.gc_child = None
+            if rc != 0:
+                log.info("git gc --auto: %s", _first_line(err.decode("utf-8", "replace")))
+        try:
+            self.gc_child = self.daemon.loop.spawn(git_argv(["gc", "--auto", "--quiet"], allow_gc=True), done,
+                                                   cwd=self.env.sync_dir, env=git_env(), timeout=600)
+        except OSError as exc:
+            log.info("cannot run git gc: %s", exc)
 
     def _save(self) -> None:
         try:
