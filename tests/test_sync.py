@@ -548,3 +548,40 @@ def test_init_in_local_only_mode_does_not_read_the_remote(clones, remote, sync_e
     loc = clones.clone("loc", init=False, start=False, env=dict(sync_env, THRUM_LOCAL="1"))
     out = loc.run("init").stdout
     assert "Created: a-sync branch" in out and "Adopted" not in out
+
+
+def test_branch_moved_by_hand_loses_nothing(clones, sync_env):
+    a = clones.clone("a")
+    a.quickstart("alice")
+    force(a)
+    b = clones.clone("b")
+    b.quickstart("bob")
+    m_b = b.json("send", "from b", name="bob")["message_id"]
+    force(b)
+    m_a = a.json("send", "from a, not pushed", name="alice")["message_id"]
+    # The user fetches and moves a's branch onto origin's behind thrum's back.
+    git(a.repo, "fetch", "-q", "origin", env=sync_env)
+    git(a.repo, "update-ref", "refs/heads/a-sync", "refs/remotes/origin/a-sync", env=sync_env)
+    res = force(a)
+    assert res["ok"] and m_b in message_ids(a)
+    force(b)
+    assert m_a in message_ids(b)
+    for t in (a, b):
+        assert max(event_id_counts(t).values()) == 1
+
+
+def test_leaving_local_only_publishes_what_was_kept(clones, remote, sync_env):
+    loc = clones.clone("loc", env=dict(sync_env, THRUM_LOCAL="1"))
+    loc.quickstart("lou")
+    mid = loc.json("send", "kept locally", name="lou")["message_id"]
+    force(loc)
+    assert "a-sync" not in remote_heads(remote, sync_env)
+    loc.stop()
+    loc.env = dict(sync_env, THRUM_LOCAL="0")
+    loc.start()
+    res = force(loc)
+    assert res["ok"] and not res["local_only"] and res["sync_state"] == "synced"
+    assert "refs/heads/a-sync" in remote_heads(remote, sync_env)
+    other = clones.clone("other")
+    force(other)
+    assert mid in message_ids(other)

@@ -510,12 +510,20 @@ class _Round:
             remote = None
             if self.remote_configured and not remote_missing and REMOTE_REF in refs:
                 remote = refs[REMOTE_REF]  # may be stale when the fetch failed: still worth merging
+            if attempt == 1 and st.get("head") and st["head"] != base:
+                # Our ref was moved by someone else (a `git pull` in the sync worktree, a restore):
+                # make sure what it holds is in our files before committing on top of it.
+                log.warning("%s moved outside thrum (%s -> %s); merging its content", ref, st["head"][:12],
+                            base[:12])
+                yield from self._merge(base, base, st["head"])
+                st["head"] = base
+                st.pop("committed_sizes", None)  # they describe the old head's tree: compare with base's
             behind = 0
             if remote is not None:
                 self.ahead, behind = yield from self._counts(base, remote[0])
                 if remote[0] != st.get("merged_remote") and behind:
                     yield _Progress("merge", {"remote": remote[0]})
-                    yield from self._merge(base, remote[0])
+                    yield from self._merge(base, remote[0], st.get("merged_remote") or "")
                 st["merged_remote"] = remote[0]
             yield _Progress("commit", {})
             head = yield from self._commit(ref, expected, base, base_tree, remote, behind)
@@ -552,9 +560,9 @@ class _Round:
 
     # merge: append the remote's new lines to the local files
 
-    def _merge(self, base: str, remote: str):
+    def _merge(self, base: str, remote: str, since: str):
+        """Append the lines of `remote` (a commit) that are new, looking at what changed after `since`."""
         st = self.state
-        since = st.get("merged_remote") or ""
         diff = None
         if since:
             diff = yield from self._git("diff-tree", "-r", "-z", "--no-renames", since, remote, ok=None)
@@ -563,7 +571,7 @@ class _Round:
         if diff is None:
             res = yield from self._git("merge-base", base, remote, ok=(0, 1))
             since = res.text.split()[0] if res.rc == 0 and res.text else ""
-            if not since:  # unrelated histories: everything on the remote is a candidate
+            if not since or since == remote:  # unrelated: everything on the remote is a candidate
                 res = yield from self._git("hash-object", "-t", "tree", "--stdin", input=b"")
                 since = res.text
             diff = yield from self._git("diff-tree", "-r", "-z", "--no-renames", since, remote)
