@@ -1139,9 +1139,7 @@ def _render_inbox(ctx: Ctx, result: dict, ident, scopes: list) -> None:
             if scopes:
                 return [f"No messages matching filter --scope {scopes[0]['type']}:{scopes[0]['value']}"]
             return [f"No messages for @{ident.name}."] if not ctx.args.all else ["No messages in inbox."]
-        import shutil
-
-        width = max(40, min(120, shutil.get_terminal_size((80, 24)).columns - 2))
+        width = max(40, min(120, _terminal_columns() - 2))
         ordered = _cluster_replies(msgs)
         lines = ["┌" + "─" * (width - 2) + "┐"]
         for i, (m, is_reply) in enumerate(ordered):
@@ -1170,6 +1168,18 @@ def _render_inbox(ctx: Ctx, result: dict, ident, scopes: list) -> None:
             lines.append(f"  More: thrum inbox --page {r['page'] + 1}")
         return lines
     ctx.emit(result, human)
+
+
+def _terminal_columns() -> int:
+    # os.get_terminal_size rather than shutil's: importing shutil costs a few ms per call.
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return 80
 
 
 def _cluster_replies(msgs: list[dict]) -> list[tuple[dict, bool]]:

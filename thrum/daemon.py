@@ -382,6 +382,7 @@ class Daemon:
         self.service = None
         self.stopping = False
         self.event_listeners = []  # callables(list of committed events)
+        self._maintenance = None
         self.components = []       # objects with start() / stop() (sync loop, WebSocket server)
 
     # -- start ------------------------------------------------------------------------
@@ -556,7 +557,8 @@ class Daemon:
             if isinstance(item, Ready):
                 replies.append((conn, bytes(item), False))
                 continue
-            reply, wrote = self.dispatch(conn, item)
+            # A lone request needs no savepoint: if it fails, the whole batch rolls back.
+            reply, wrote = self.dispatch(conn, item, savepoint=len(batch) > 1)
             if reply is not None:
                 replies.append((conn, reply, wrote))
         events: list[dict] = []
@@ -574,6 +576,17 @@ class Daemon:
         if events:
             for listener in self.event_listeners:
                 Loop._guard(listener, events)
+            self._schedule_maintenance()
+
+    def _schedule_maintenance(self) -> None:
+        # Soon after writes (and at least every half second under load) the log files
+        # are fsynced and the journal emptied, off the path of any reply.
+        if self._maintenance is None:
+            self._maintenance = self.loop.call_later(0.5, self._maintain)
+
+    def _maintain(self) -> None:
+        self._maintenance = None
+        self.store.maintain()
 
     def run_write(self, fn):
         """Run fn(store) as its own durable batch (for components: sync merges, git context).
@@ -592,9 +605,11 @@ class Daemon:
             raise
         for listener in self.event_listeners:
             Loop._guard(listener, events)
+        if events:
+            self._schedule_maintenance()
         return result
 
-    def dispatch(self, conn, line) -> tuple[bytes | None, bool]:
+    def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
         """Run one request line; returns (encoded reply or None for a notification, wrote)."""
         try:
             req = decode_request(line)
@@ -604,7 +619,7 @@ class Daemon:
         method = None
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)
-            if method.writes:
+            if method.writes and savepoint:
                 mark = self.store.savepoint()
                 try:
                     result = method.fn(Params(req.params), ctx)
@@ -612,6 +627,12 @@ class Daemon:
                     self.store.rollback_to(mark)
                     raise
                 self.store.release()
+            elif method.writes:
+                try:
+                    result = method.fn(Params(req.params), ctx)
+                except BaseException:
+                    self.store.rollback()
+                    raise
             else:
                 result = method.fn(Params(req.params), ctx)
             if isinstance(result, Deferred):  # answered later, when the handler's work is done

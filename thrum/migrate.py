@@ -192,12 +192,13 @@ def run(paths, *, rebuild_only: bool = False, progress=None) -> dict:
             sync.ensure_worktree(info.toplevel, info.sync_dir)
         except sync.GitError as exc:
             raise MigrateError(f"cannot prepare the sync branch: {exc}") from None
+        store = make_store(paths, info.sync_dir)
+        store.log.recover()  # a crashed daemon's journal first, before anything else writes
+        store.log.repair_torn_tails()
         result: dict = {}
         if not rebuild_only:
             result.update(_import_all(paths, info.sync_dir))
         started = time.monotonic()
-        store = make_store(paths, info.sync_dir)
-        store.log.repair_torn_tails()
         events = store.rebuild(progress=progress)
         stats = store.stats()
         store.close()

@@ -77,7 +77,21 @@ class Service:
         self.hostname = (os.environ.get("THRUM_HOSTNAME") or socket.gethostname()).removesuffix(".local")
         self.sync_status = lambda: {"sync_state": "disabled"}  # replaced by the sync loop
         self.registry = Registry()
+        self._cache: dict = {}
+        self._cache_version = -1
         self._register()
+
+    def cached(self, key, compute):
+        """Memoize a lookup of agents, sessions or groups until any of them changes."""
+        version = self.store.projection.version
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = compute()
+            return value
 
     @property
     def db(self):
@@ -159,7 +173,7 @@ class Service:
 
     def caller(self, p: Params, ctx: CallContext):
         cid = self.caller_id(p, ctx)
-        row = self.agent_row(cid)
+        row = self.cached(("agent", cid), lambda: self.agent_row(cid))
         if row is None:
             raise NotFound(f"agent {cid} is not registered (register with: thrum quickstart --name <name> "
                            "--role <role> --module <module>)")
@@ -510,7 +524,7 @@ class Service:
                                   " AND client_id=?", (author["agent_id"], client_id)).fetchone()
             if row is not None:
                 return self._send_result(row["message_id"], row["thread_id"], row["created_at"], priority, True)
-        session = self.active_session(sender["agent_id"])
+        session = self.cached(("session", sender["agent_id"]), lambda: self.active_session(sender["agent_id"]))
         if session is None and sender["kind"] != "user":
             raise NoSession(f"no active session found for agent {sender['agent_id']} "
                             "(start one with: thrum session start)")
@@ -521,7 +535,7 @@ class Service:
                 kind, value = self.resolve_mention(ref["value"])
                 ref["value"] = value
         for raw in p.str_list("mentions", max_items=50, max_len=128):
-            kind, value = self.resolve_mention(raw)
+            kind, value = self.cached(("mention", raw), lambda: self.resolve_mention(raw))
             if kind == "group":
                 scopes.append({"type": "group", "value": value})
                 refs.append({"type": "group", "value": value})
@@ -665,15 +679,19 @@ class Service:
                 row = self.agent_row(for_agent)
                 for_role = row["role"] if row else for_agent
             for_agent = for_agent or for_role
-            groups = self.groups_of(for_agent, for_role)
-            clause = ("m.broadcast=1 OR EXISTS (SELECT 1 FROM message_refs x WHERE x.message_id=m.message_id"
-                      " AND x.type='mention' AND x.value IN (?,?))")
-            args += [for_agent, for_role]
+            # Inbox: broadcasts, mentions of the agent or its role, and posts to its groups.
+            # The addressed ids come from one materialized subquery, cheaper than a
+            # correlated EXISTS per row.
+            groups = self.cached(("groups_of", for_agent, for_role), lambda: self.groups_of(for_agent, for_role))
+            sub = "SELECT message_id FROM message_refs WHERE type='mention' AND value IN (?,?)"
+            sub_args = [for_agent, for_role]
             if groups:
-                clause += (" OR EXISTS (SELECT 1 FROM message_scopes x WHERE x.message_id=m.message_id"
-                           f" AND x.type='group' AND x.value IN ({','.join('?' * len(groups))}))")
-                args += groups
-            where.append(f"({clause})")
+                sub += (" UNION ALL SELECT message_id FROM message_scopes WHERE type='group'"
+                        f" AND value IN ({','.join('?' * len(groups))})")
+                sub_args += groups
+            inbox = (sub, sub_args)
+        else:
+            inbox = None
         after = p.str("after", max_len=64)
         if after:
             try:
@@ -681,13 +699,9 @@ class Service:
                 args.append(parse_timestamp_ns(after))
             except EventError as exc:
                 raise InvalidParams(str(exc)) from None
-        reader = p.str("unread_for_agent", max_len=128) or caller
-        read_expr = "EXISTS (SELECT 1 FROM message_reads r WHERE r.agent_id=? AND r.message_id=m.message_id)"
-        count_where = list(where)
-        count_args = list(args)
-        if (p.bool("unread") or p.str("unread_for_agent", max_len=128)) and reader:
-            where.append("NOT " + read_expr)
-            args.append(reader)
+        unread_for = p.str("unread_for_agent", max_len=128)
+        reader = unread_for or caller
+        only_unread = bool(reader) and (p.bool("unread") or bool(unread_for))
         sort_by = p.str("sort_by", default="created_at", max_len=16)
         sort_order = p.str("sort_order", default="desc", max_len=8).lower()
         if sort_by not in ("created_at", "updated_at"):
@@ -696,28 +710,59 @@ class Service:
             raise InvalidParams(f"invalid sort_order: {sort_order} (must be asc or desc)")
         page_size = p.int("page_size", 10, lo=1, hi=100, clamp=True) if p.raw.get("page_size") != 0 else 10
         page = p.int("page", 1, lo=1, hi=1_000_000, clamp=True)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        count_clause = (" WHERE " + " AND ".join(count_where)) if count_where else ""
-        if reader:
-            row = self.db.execute(f"SELECT COUNT(*), COALESCE(SUM(NOT {read_expr}), 0) FROM messages m{count_clause}",
-                                  [reader] + count_args).fetchone()
-            all_count, unread = row[0], row[1]
-            total = unread if len(where) != len(count_where) else all_count
+        if inbox is None:
+            clause = (" WHERE " + " AND ".join(where)) if where else ""
+            matching = self.db.execute(f"SELECT COUNT(*) FROM messages m{clause}", args).fetchone()[0]
         else:
-            total = self.db.execute(f"SELECT COUNT(*) FROM messages m{clause}", args).fetchone()[0]
-            unread = 0
+            # Broadcasts and addressed messages are disjoint (broadcast = no mention, no group):
+            # counting them apart lets each count use an index instead of scanning with an OR.
+            sub, sub_args = inbox
+            common = "".join(" AND " + w for w in where)
+            matching = self.db.execute(f"SELECT COUNT(*) FROM messages m WHERE m.broadcast=1{common}",
+                                       args).fetchone()[0]
+            matching += self.db.execute(
+                f"SELECT COUNT(*) FROM messages m WHERE m.broadcast=0{common} AND m.message_id IN ({sub})",
+                args + sub_args).fetchone()[0]
+            # For the page, walking messages by date and stopping at page_size is fastest when
+            # matches are common; when they are rare, the audience index finds them directly.
+            # The unary `+` keeps SQLite off that index.
+            dense = matching * 20 >= self._message_count()
+            where.append(f"({'+' if dense else ''}m.broadcast=1 OR m.message_id IN ({sub}))")
+            args += sub_args
+        unread = 0
+        if reader:
+            # Count what the reader has read among the matches by walking the reader's
+            # read markers (usually far fewer rows than the messages).
+            read = self.db.execute(
+                "SELECT COUNT(*) FROM message_reads r JOIN messages m ON m.message_id=r.message_id"
+                f" WHERE r.agent_id=?{' AND ' + ' AND '.join(where) if where else ''}", [reader] + args).fetchone()[0]
+            unread = matching - read
+        total = unread if only_unread else matching
+        page_where, page_args = list(where), list(args)
+        if only_unread:
+            page_where.append("m.message_id NOT IN (SELECT message_id FROM message_reads WHERE agent_id=?)")
+            page_args.append(reader)
+        page_clause = (" WHERE " + " AND ".join(page_where)) if page_where else ""
         order_col = "m.created_ns" if sort_by == "created_at" else "COALESCE(NULLIF(m.updated_at,''), m.created_at)"
         order = f" ORDER BY {order_col} {sort_order.upper()}, m.message_id {sort_order.upper()}"
-        select = "SELECT m.*" + (f", {read_expr} AS is_read" if reader else "")
-        rows = self.db.execute(f"{select} FROM messages m{clause}{order} LIMIT ? OFFSET ?",
-                               ([reader] if reader else []) + args + [page_size, (page - 1) * page_size]).fetchall()
+        rows = self.db.execute(f"SELECT m.* FROM messages m{page_clause}{order} LIMIT ? OFFSET ?",
+                               page_args + [page_size, (page - 1) * page_size]).fetchall()
         ids = [r["message_id"] for r in rows]
         scopes = self._pairs_for("message_scopes", ids)
         refs = self._pairs_for("message_refs", ids)
+        read_ids: set[str] = set()
+        if reader and ids and not only_unread:
+            marks = ",".join("?" * len(ids))
+            read_ids = {r[0] for r in self.db.execute(
+                f"SELECT message_id FROM message_reads WHERE agent_id=? AND message_id IN ({marks})", [reader] + ids)}
         messages = [self._message_dict(r, scopes.get(r["message_id"], []), refs.get(r["message_id"], []),
-                                       bool(r["is_read"]) if reader else False) for r in rows]
+                                       r["message_id"] in read_ids) for r in rows]
         return {"messages": messages, "total": total, "unread": unread, "page": page, "page_size": page_size,
                 "total_pages": (total + page_size - 1) // page_size}
+
+    def _message_count(self) -> int:
+        # max(rowid) is O(1) and close enough to the row count to choose a query plan.
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
 
     def _authored(self, p: Params, ctx: CallContext, verb: str):
         mid = p.str("message_id", required=True, max_len=128)

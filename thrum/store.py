@@ -3,8 +3,16 @@
 Write path, per batch of requests (group commit)::
 
     validate -> stage lines + apply to SQLite inside one open transaction
-             -> write all staged lines and fsync each touched file
+             -> append the lines to their log files (page cache)
+             -> write them to the journal and fdatasync it (the one sync per batch)
              -> COMMIT the SQLite transaction -> answer the callers
+
+The journal (`var/journal`, preallocated) holds every line written since the last
+checkpoint, with the offset its file had before. A checkpoint (when idle, when the
+journal fills, at shutdown) fsyncs the log files and empties the journal. After a
+power loss, `recover` cuts each file back to where the journal says it was durable
+and writes the journaled lines again: one fdatasync per batch, however many files
+the batch touched, and the files end exactly as acknowledged.
 
 The log is the truth. If the process dies after the fsync but before the COMMIT,
 the next start finds the lines past the recorded offsets and applies them
@@ -26,13 +34,15 @@ import json
 import logging
 import os
 import sqlite3
+import struct
+import zlib
 
 from thrum.events import (
     MAX_LINE_BYTES, EventError, decode_line, derived_event_id, encode_line, format_ns, new_id,
     now_ns, order_key, parse_timestamp_ns, shard_for,
 )
 
-__all__ = ["EventLog", "Store", "StorageFailure", "SCHEMA_VERSION", "EVENTS_FILE", "MESSAGES_DIR"]
+__all__ = ["EventLog", "Journal", "Store", "StorageFailure", "SCHEMA_VERSION", "EVENTS_FILE", "MESSAGES_DIR"]
 
 log = logging.getLogger("thrum.store")
 
@@ -46,17 +56,120 @@ class StorageFailure(Exception):
     """The log could not be written; nothing of the batch was kept."""
 
 
+# -- the journal ----------------------------------------------------------------
+
+class Journal:
+    """A preallocated write-ahead file: records of (file, offset before, lines).
+
+    Record: magic, generation, payload length, crc32, payload. The payload is a
+    sequence of (path length, path, offset, data length, data). Writing with pwrite
+    inside the preallocated size keeps the file's size fixed, so fdatasync has no
+    metadata to flush. A checkpoint bumps the generation and starts again at 0;
+    reading stops at the first record that is torn or of another generation.
+    """
+
+    MAGIC = b"THJ1"
+    HEADER = struct.Struct("<4sQII")
+    ENTRY = struct.Struct("<HQI")
+    SIZE = 8 * 1024 * 1024
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.generation = 1
+        self.pos = 0
+
+    def open(self) -> None:
+        if self.fd is not None:
+            return
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        size = os.fstat(self.fd).st_size
+        if size < self.SIZE:
+            # Real zeros, not fallocate: ext4 marks fallocated blocks "unwritten", and
+            # converting them on each write would cost a metadata commit per fdatasync.
+            chunk = b"\0" * (1 << 20)
+            while size < self.SIZE:
+                size += os.pwrite(self.fd, chunk[:self.SIZE - size], size)
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def read(self) -> list[list[tuple[str, int, bytes]]]:
+        """The records of the current generation, in order; sets the write position after them."""
+        self.open()
+        out = []
+        pos = 0
+        generation = None
+        size = os.fstat(self.fd).st_size
+        while pos + self.HEADER.size <= size:
+            magic, gen, length, crc = self.HEADER.unpack(os.pread(self.fd, self.HEADER.size, pos))
+            if magic != self.MAGIC or (generation is not None and gen != generation):
+                break
+            payload = os.pread(self.fd, length, pos + self.HEADER.size)
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            generation = gen
+            out.append(self._decode(payload))
+            pos += self.HEADER.size + length
+        self.generation = (generation or self.generation)
+        self.pos = pos
+        return out
+
+    def _decode(self, payload: bytes) -> list[tuple[str, int, bytes]]:
+        entries = []
+        i = 0
+        while i < len(payload):
+            plen, offset, dlen = self.ENTRY.unpack_from(payload, i)
+            i += self.ENTRY.size
+            rel = payload[i:i + plen].decode()
+            i += plen
+            entries.append((rel, offset, payload[i:i + dlen]))
+            i += dlen
+        return entries
+
+    def fits(self, nbytes: int) -> bool:
+        return self.pos + self.HEADER.size + nbytes <= self.SIZE
+
+    def append(self, entries: list[tuple[str, int, bytes]]) -> None:
+        """Write one record and fdatasync it. The caller checked `fits` (or checkpointed)."""
+        self.open()
+        parts = []
+        for rel, offset, data in entries:
+            path = rel.encode()
+            parts += [self.ENTRY.pack(len(path), offset, len(data)), path, data]
+        payload = b"".join(parts)
+        record = self.HEADER.pack(self.MAGIC, self.generation, len(payload), zlib.crc32(payload)) + payload
+        written = os.pwrite(self.fd, record, self.pos)
+        if written != len(record):
+            raise OSError(28, "short write to the journal")
+        os.fdatasync(self.fd)
+        self.pos += len(record)
+
+    def reset(self) -> None:
+        """Forget every record: the files they describe are durable now."""
+        self.open()
+        self.generation += 1
+        os.pwrite(self.fd, b"\0" * self.HEADER.size, 0)
+        os.fdatasync(self.fd)
+        self.pos = 0
+
+
 # -- the log ------------------------------------------------------------------
 
 class EventLog:
     """Append-only JSONL files under `root` (events.jsonl and messages/<author>.jsonl)."""
 
-    def __init__(self, root: str, quarantine_dir: str) -> None:
+    def __init__(self, root: str, quarantine_dir: str, journal_path: str | None = None) -> None:
         self.root = root
         self.quarantine_dir = quarantine_dir
+        self.journal = Journal(journal_path) if journal_path else None
         self._fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
         self._staged: list[tuple[str, bytes]] = []
+        self._dirty: set[str] = set()  # written since the last checkpoint, not yet fsynced
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -103,10 +216,64 @@ class EventLog:
         self.close()
 
     def close(self) -> None:
+        self.checkpoint()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
         self._sizes.clear()
+        if self.journal is not None:
+            self.journal.close()
+
+    def checkpoint(self) -> None:
+        """Make every written line durable in its own file and empty the journal."""
+        if not self._dirty:
+            return
+        for rel in sorted(self._dirty):
+            fd = self._fds.get(rel)
+            if fd is not None:
+                os.fsync(fd)
+        self._dirty.clear()
+        if self.journal is not None:
+            self.journal.reset()
+
+    def recover(self) -> int:
+        """Redo what the journal holds (after a crash): returns how many files were repaired."""
+        if self.journal is None:
+            return 0
+        records = self.journal.read()
+        if not records:
+            return 0
+        first: dict[str, int] = {}
+        data: dict[str, list[bytes]] = {}
+        for entries in records:
+            for rel, offset, chunk in entries:
+                first.setdefault(rel, offset)
+                data.setdefault(rel, []).append(chunk)
+        for rel, offset in first.items():
+            full = self.path(rel)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size < offset:
+                    # Someone cut the file below its durable size: keep what is there and
+                    # add only the journaled lines it lacks.
+                    present = _event_ids(os.pread(fd, size, 0))
+                    chunks = [ln + b"\n" for c in data[rel] for ln in c.splitlines()
+                              if _event_id_of(ln) not in present]
+                    os.lseek(fd, size, os.SEEK_SET)
+                else:
+                    os.ftruncate(fd, offset)
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    chunks = data[rel]
+                os.write(fd, b"".join(chunks))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(os.path.dirname(full))
+        self.journal.reset()
+        log.warning("recovered %d log file(s) from the journal after an unclean stop", len(first))
+        return len(first)
 
     # staging and flushing
 
@@ -132,6 +299,7 @@ class EventLog:
             by_file.setdefault(rel, []).append(line)
         self._staged = []
         before: dict[str, int] = {}
+        entries: list[tuple[str, int, bytes]] = []
         try:
             for rel, lines in by_file.items():
                 fd = self._fd(rel)
@@ -142,8 +310,16 @@ class EventLog:
                     written = os.write(fd, view)
                     view = view[written:]
                 self._sizes[rel] = before[rel] + len(data)
-            for rel in by_file:
-                os.fsync(self._fds[rel])
+                entries.append((rel, before[rel], data))
+            if self.journal is None:
+                for rel in by_file:
+                    os.fsync(self._fds[rel])
+            else:
+                if not self.journal.fits(sum(len(d) + len(r) + 16 for r, _, d in entries)):
+                    self._dirty.update(by_file)  # make room: sync everything so far, then journal
+                    self.checkpoint()
+                self.journal.append(entries)
+                self._dirty.update(by_file)
         except OSError as exc:
             for rel, size in before.items():
                 try:
@@ -225,6 +401,17 @@ class EventLog:
         return path
 
 
+def _event_id_of(line: bytes) -> str | None:
+    try:
+        return decode_line(line).get("event_id")
+    except EventError:
+        return None
+
+
+def _event_ids(data: bytes) -> set:
+    return {_event_id_of(line) for line in data.splitlines() if line.strip()}
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -270,6 +457,7 @@ CREATE TABLE messages (
     authored_by TEXT NOT NULL DEFAULT '', disclosed INTEGER NOT NULL DEFAULT 0,
     broadcast INTEGER NOT NULL DEFAULT 1, edits INTEGER NOT NULL DEFAULT 0, client_id TEXT NOT NULL DEFAULT '');
 CREATE INDEX messages_created ON messages(created_ns);
+CREATE INDEX messages_audience ON messages(broadcast, deleted, agent_id, message_id);
 CREATE INDEX messages_agent ON messages(agent_id, created_ns);
 CREATE INDEX messages_reply ON messages(reply_to) WHERE reply_to != '';
 CREATE INDEX messages_thread ON messages(thread_id) WHERE thread_id != '';
@@ -352,15 +540,27 @@ class Projection:
             "message.read": self._message_read,
             **extra_appliers,
         }
+        # Bumped whenever agents, sessions or groups change, so callers may cache lookups of them.
+        self.version = 0
+        self._versioned = frozenset({
+            "agent.register", "agent.cleanup", "agent.session.start", "session.start", "agent.session.end",
+            "session.end", "group.create", "group.update", "group.delete", "group.member.add",
+            "group.member.remove"})
 
-    def apply(self, event: dict) -> bool:
-        """Apply one event unless it was applied before. Returns True when it was new."""
+    def apply(self, event: dict, ns: int | None = None) -> bool:
+        """Apply one event unless it was applied before. Returns True when it was new.
+
+        `ns` is the event's instant when the caller already knows it (saves a parse).
+        """
         cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
         if cur.rowcount == 0:
             return False
-        fn = self.appliers.get(event["type"])
+        etype = event["type"]
+        fn = self.appliers.get(etype)
         if fn is not None:  # unknown types stay in the log and are skipped here
-            fn(event, order_key(event)[0])
+            fn(event, order_key(event)[0] if ns is None else ns)
+            if etype in self._versioned:
+                self.version += 1
         return True
 
     # agents and sessions
@@ -527,7 +727,7 @@ class Store:
         self.db_path = db_path
         self.var_dir = var_dir
         self.origin_daemon = origin_daemon
-        self.log = EventLog(sync_dir, os.path.join(var_dir, "quarantine"))
+        self.log = EventLog(sync_dir, os.path.join(var_dir, "quarantine"), os.path.join(var_dir, "journal"))
         self.db: sqlite3.Connection | None = None
         self.projection: Projection | None = None
         self._in_batch = False
@@ -551,6 +751,7 @@ class Store:
     def open(self, progress=None) -> dict:
         """Repair torn tails, open or rebuild the projection, apply what it lacks."""
         os.makedirs(self.sync_dir, exist_ok=True)
+        self.log.recover()
         self.log.repair_torn_tails()
         rebuilt = ""
         try:
@@ -587,8 +788,21 @@ class Store:
         self._attach(conn)
 
     def _attach(self, conn: sqlite3.Connection) -> None:
+        # WAL checkpoints run from `maintain`, after replies are sent, instead of
+        # stalling whichever COMMIT crosses SQLite's automatic threshold.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         self.db = conn
         self.projection = Projection(conn, self._extra_appliers)
+
+    def maintain(self) -> None:
+        """Idle-time upkeep: fsync the log files (emptying the journal) and checkpoint the WAL."""
+        if self._in_batch:
+            return
+        self.log.checkpoint()
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed: %s", exc)
 
     def close(self) -> None:
         if self.db is not None:
@@ -716,6 +930,7 @@ class Store:
         self.db.execute("RELEASE req")
 
     def rollback_to(self, mark: tuple[int, int]) -> None:
+        self.projection.version += 1  # cached lookups may describe what is being undone
         self.db.execute("ROLLBACK TO req")
         self.db.execute("RELEASE req")
         self.log.discard(mark[0])
@@ -723,22 +938,23 @@ class Store:
 
     def append(self, etype: str, payload: dict, *, author: str | None = None) -> dict:
         """Stage one new event and apply it inside the open batch; returns the event."""
+        ns = now_ns()
         event = dict(payload)
         event["type"] = etype
         event["event_id"] = new_id("evt")
-        event["timestamp"] = format_ns(now_ns())
+        event["timestamp"] = format_ns(ns)
         event["v"] = 1
         event["origin_daemon"] = self.origin_daemon
-        return self.append_event(event, author=author)
+        return self.append_event(event, author=author, ns=ns)
 
-    def append_event(self, event: dict, *, author: str | None = None) -> dict:
+    def append_event(self, event: dict, *, author: str | None = None, ns: int | None = None) -> dict:
         line = encode_line(event)
         if len(line) > MAX_LINE_BYTES:
             raise EventError(f"the event is {len(line)} bytes encoded; the limit is {MAX_LINE_BYTES}")
         rel = shard_for(event, author)
         self.begin()
         self.log.stage(rel, line)
-        self.projection.apply(event)
+        self.projection.apply(event, ns)
         self._batch_events.append(event)
         return event
 
@@ -760,6 +976,8 @@ class Store:
         return events
 
     def rollback(self) -> None:
+        if self.projection is not None:
+            self.projection.version += 1
         if self._in_batch:
             self.db.execute("ROLLBACK")
             self._in_batch = False
