@@ -585,3 +585,33 @@ def test_leaving_local_only_publishes_what_was_kept(clones, remote, sync_env):
     other = clones.clone("other")
     force(other)
     assert mid in message_ids(other)
+
+
+def test_git_hygiene_hooks_signing_stray_files_and_the_users_checkout(clones, sync_env):
+    a = clones.clone("a", start=False)
+    hooks = a.repo / "my-hooks"
+    hooks.mkdir()
+    for name in ("pre-push", "reference-transaction", "post-commit", "pre-commit"):
+        (hooks / name).write_text("#!/bin/sh\necho hook ran >&2\nexit 1\n")
+        (hooks / name).chmod(0o755)
+    for key, value in (("core.hooksPath", str(hooks)), ("commit.gpgsign", "true"), ("push.gpgSign", "true"),
+                       ("user.signingkey", "no-such-key")):
+        git(a.repo, "config", key, value, env=sync_env)
+    (a.repo / "work.txt").write_text("staged by the user\n")
+    git(a.repo, "add", "work.txt", env=sync_env, check=False)  # the user's index has a staged file
+    head_before = git(a.repo, "rev-parse", "HEAD", env=sync_env)
+    a.start()
+    clones.started.append(a)
+    (a.sync_dir / "stray.txt").write_text("not ours to commit\n")
+    (a.sync_dir / "messages" / "half.jsonl.tmp").write_text("{")
+    a.quickstart("alice")
+    a.json("send", "hygienic", name="alice")
+    res = force(a)
+    assert res["ok"] and res["pushed"] >= 3
+    tree = git(a.repo, "ls-tree", "-r", "--name-only", "origin/a-sync", env=sync_env).split()
+    assert sorted(tree) == ["events.jsonl", "messages/alice.jsonl"]
+    assert git(a.repo, "log", "-1", "--format=%an <%ae>", "a-sync", env=sync_env) == "thrum <thrum@localhost>"
+    assert git(a.repo, "log", "-1", "--format=%G?", "a-sync", env=sync_env) == "N"  # not signed
+    assert git(a.repo, "rev-parse", "HEAD", env=sync_env) == head_before
+    assert git(a.repo, "rev-parse", "--abbrev-ref", "HEAD", env=sync_env) == "main"
+    assert git(a.repo, "diff", "--cached", "--name-only", env=sync_env) == "work.txt"
