@@ -1,9 +1,14 @@
-"""The `a-sync` branch, its worktree, and the git calls that maintain them.
+"""Git sync: the `a-sync` branch, its worktree, and the loop that syncs it with `origin`.
 
 Git is always run as an argument list with a timeout, `GIT_TERMINAL_PROMPT=0`, a
-pinned committer identity, no hooks, no signing, and never on the user's index,
-worktree or HEAD. Branch writes go through `update-ref` with the expected old
+pinned identity, no hooks, no signing, and never on the user's index, worktree,
+HEAD or FETCH_HEAD. Branch writes go through `update-ref` with the expected old
 value, so two writers racing on the ref fail loudly instead of losing a commit.
+
+`init` and daemon start-up use the blocking helpers at the top (`git`,
+`ensure_sync_branch`, `ensure_worktree`). After start-up every git call of the
+daemon runs through its loop (`SyncLoop`, below): a round is a generator that
+yields git calls and is resumed with their results.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ class GitError(Exception):
 
 def git_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR"):
-        env.pop(key, None)  # a caller's git hook environment must not redirect our calls
+    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_AUTHOR_DATE",
+                "GIT_COMMITTER_DATE"):
+        env.pop(key, None)  # a caller's git hook or rebase environment must not redirect or date our calls
     env.update({
         "GIT_TERMINAL_PROMPT": "0",
         "SSH_ASKPASS_REQUIRE": "never",  # no passphrase dialogs from a daemon (ssh has no tty here)
