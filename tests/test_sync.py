@@ -615,3 +615,29 @@ def test_git_hygiene_hooks_signing_stray_files_and_the_users_checkout(clones, sy
     assert git(a.repo, "rev-parse", "HEAD", env=sync_env) == head_before
     assert git(a.repo, "rev-parse", "--abbrev-ref", "HEAD", env=sync_env) == "main"
     assert git(a.repo, "diff", "--cached", "--name-only", env=sync_env) == "work.txt"
+
+
+def test_remote_events_that_cannot_be_projected_stop_nothing(tmp_path, clones, remote, sync_env):
+    a = clones.clone("a")
+    a.quickstart("alice")
+    force(a)
+    poison = (b'{"agent_id":{"not":"a string"},"event_id":"evt_01KPOISON0000000000000001","kind":"agent",'
+              b'"timestamp":"2026-02-01T10:00:00Z","type":"agent.register","v":1}\n'
+              b'{"event_id":"evt_01KPOISON0000000000000002","group_id":["grp_x"],"name":"odd",'
+              b'"timestamp":"2026-02-01T10:00:00Z","type":"group.create","v":1}\n'
+              b'{"event_id":"evt_01KPOISON0000000000000004","group_id":"grp_y","name":"odd","timestamp":5,'
+              b'"type":"group.create","v":1}\n')
+    good = _event("evt_01KPOISON0000000000000003", "msg_01KPOISON0000000000000003", "still arrives")
+    as_other_writer(tmp_path, remote, sync_env, {"events.jsonl": poison, "messages/gopher.jsonl": good})
+    res = force(a)
+    assert res["ok"] and res["pulled"] == 4
+    assert "msg_01KPOISON0000000000000003" in message_ids(a)
+    assert a.call("health").get("bad_lines", 0) >= 2
+    # kept in the log (once), and the daemon still starts on it: a rebuild does not trip either
+    assert (a.sync_dir / "events.jsonl").read_bytes().count(poison) == 1
+    a.stop()
+    (a.var / "messages.db").unlink()
+    a.start()
+    assert "msg_01KPOISON0000000000000003" in message_ids(a)
+    force(a)
+    assert (a.sync_dir / "events.jsonl").read_bytes().count(poison) == 1

@@ -547,20 +547,38 @@ class Projection:
             "session.end", "group.create", "group.update", "group.delete", "group.member.add",
             "group.member.remove"})
 
-    def apply(self, event: dict, ns: int | None = None) -> bool:
+    def apply(self, event: dict, ns: int | None = None, *, guard: bool = False) -> bool:
         """Apply one event unless it was applied before. Returns True when it was new.
 
         `ns` is the event's instant when the caller already knows it (saves a parse).
+        With `guard` (lines read back from the log or merged from another clone, which
+        no one validated), an event its applier cannot take is rolled back, recorded
+        in `bad_lines` and skipped: it stays in the log and stops nothing else.
         """
         cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
         if cur.rowcount == 0:
             return False
         etype = event["type"]
         fn = self.appliers.get(etype)
-        if fn is not None:  # unknown types stay in the log and are skipped here
+        if fn is None:  # unknown types stay in the log and are skipped here
+            return True
+        if not guard:
             fn(event, order_key(event)[0] if ns is None else ns)
-            if etype in self._versioned:
-                self.version += 1
+        else:
+            self.db.execute("SAVEPOINT apply_one")
+            try:
+                fn(event, order_key(event)[0] if ns is None else ns)
+            except Exception as exc:
+                self.db.execute("ROLLBACK TO apply_one")
+                self.db.execute("INSERT OR REPLACE INTO bad_lines VALUES (?,?,?,?)",
+                                (f"event {event['event_id']}", 0, f"cannot apply {etype}: {type(exc).__name__}: {exc}",
+                                 json.dumps(event, ensure_ascii=False)[:200]))
+                log.warning("skipped %s %s: %s", etype, event["event_id"], exc)
+                return True
+            finally:
+                self.db.execute("RELEASE apply_one")
+        if etype in self._versioned:
+            self.version += 1
         return True
 
     # agents and sessions
@@ -844,7 +862,7 @@ class Store:
         events.sort(key=lambda item: item[0])
         total = len(events)
         for i, (_, event) in enumerate(events):
-            proj.apply(event)
+            proj.apply(event, guard=True)
             if progress and (i % 2000 == 1999 or i == total - 1):
                 progress("applying", i + 1, total)
         for rel, (end, tail) in ends.items():
@@ -884,7 +902,7 @@ class Store:
                 if lines:
                     ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n")
             pending.sort(key=lambda item: item[0])
-            applied = sum(1 for _, event in pending if self.projection.apply(event))
+            applied = sum(1 for _, event in pending if self.projection.apply(event, guard=True))
             for rel, (end, tail) in ends.items():
                 db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
             db.execute("COMMIT")
@@ -1009,7 +1027,7 @@ class Store:
                 event["event_id"] = derived_event_id(event)
             events.append(event)
         events.sort(key=order_key)
-        new = [e for e in events if self.projection.apply(e)]
+        new = [e for e in events if self.projection.apply(e, guard=True)]
         self._batch_events.extend(new)
         return new
 
