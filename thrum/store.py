@@ -581,6 +581,23 @@ class Projection:
             self.version += 1
         return True
 
+    def apply_all(self, events: list) -> list:
+        """Apply events from the log or another clone; returns those that were new.
+
+        The fast path has no per-event savepoint; if an applier raises, the whole
+        batch is rolled back and applied again with `guard`, so the event that
+        cannot be taken is skipped and recorded and every other one is applied.
+        """
+        self.db.execute("SAVEPOINT apply_all")
+        try:
+            new = [e for e in events if self.apply(e)]
+        except Exception:
+            self.db.execute("ROLLBACK TO apply_all")
+            new = [e for e in events if self.apply(e, guard=True)]
+        finally:
+            self.db.execute("RELEASE apply_all")
+        return new
+
     # agents and sessions
 
     def _agent_register(self, e: dict, ns: int) -> None:
@@ -861,10 +878,10 @@ class Store:
                 progress("reading", i + 1, len(files))
         events.sort(key=lambda item: item[0])
         total = len(events)
-        for i, (_, event) in enumerate(events):
-            proj.apply(event, guard=True)
-            if progress and (i % 2000 == 1999 or i == total - 1):
-                progress("applying", i + 1, total)
+        for start in range(0, total, 2000):
+            proj.apply_all([event for _, event in events[start:start + 2000]])
+            if progress:
+                progress("applying", min(total, start + 2000), total)
         for rel, (end, tail) in ends.items():
             conn.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
         conn.execute("COMMIT")
@@ -902,7 +919,7 @@ class Store:
                 if lines:
                     ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n")
             pending.sort(key=lambda item: item[0])
-            applied = sum(1 for _, event in pending if self.projection.apply(event, guard=True))
+            applied = len(self.projection.apply_all([event for _, event in pending]))
             for rel, (end, tail) in ends.items():
                 db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
             db.execute("COMMIT")
@@ -1027,7 +1044,7 @@ class Store:
                 event["event_id"] = derived_event_id(event)
             events.append(event)
         events.sort(key=order_key)
-        new = [e for e in events if self.projection.apply(e, guard=True)]
+        new = self.projection.apply_all(events)
         self._batch_events.extend(new)
         return new
 

@@ -278,6 +278,19 @@ class _Git:
         self.args, self.input, self.timeout = args, input, timeout
 
 
+class _GitBatch:
+    """Independent git calls the host may run concurrently; resumed with their results in order.
+
+    Each item's input is a function, called when that call starts, so only the
+    inputs of the calls in flight are in memory.
+    """
+    __slots__ = ("items",)
+    LIMIT = 4
+
+    def __init__(self, items: list) -> None:
+        self.items = items  # [(args, input_fn, timeout)]
+
+
 class _Write:
     __slots__ = ("fn",)
 
@@ -602,7 +615,7 @@ class _Round:
             blobs.update(parse_cat_file(res.out))
         memory = st.setdefault("blobs", {})
         merged_versions = {}
-        pending: list[tuple[str, list[bytes]]] = []
+        pending: list[list[tuple[str, list[bytes]]]] = []
         candidates: list[tuple[str, bytes, object]] = []
         for path, sha in wanted:
             content = blobs[sha]
@@ -629,13 +642,25 @@ class _Round:
                 seen_bad.add(h)
                 self.result["bad_lines"] += 1
             by_file.setdefault(path, []).append(line + b"\n")
+        # Durable writes of about WRITE_CHUNK lines each (several small files share one),
+        # each file's lines in their order, events.jsonl first.
+        group: list[tuple[str, list[bytes]]] = []
+        size = 0
         for path, lines in by_file.items():
             for i in range(0, len(lines), WRITE_CHUNK):
-                pending.append((path, lines[i:i + WRITE_CHUNK]))
-        for path, lines in pending:
-            yield _Write(lambda store, p=path, ls=lines: store.append_foreign_lines(p, ls))
-            self.result["pulled"] += len(lines)
-            st["pulled_uncommitted"] = st.get("pulled_uncommitted", 0) + len(lines)
+                part = lines[i:i + WRITE_CHUNK]
+                if size + len(part) > WRITE_CHUNK and group:
+                    pending.append(group)
+                    group, size = [], 0
+                group.append((path, part))
+                size += len(part)
+        if group:
+            pending.append(group)
+        for group in pending:
+            yield _Write(lambda store, g=group: [store.append_foreign_lines(p, ls) for p, ls in g])
+            count = sum(len(ls) for _, ls in group)
+            self.result["pulled"] += count
+            st["pulled_uncommitted"] = st.get("pulled_uncommitted", 0) + count
         # Only now that the lines are durable may a later round skip past them.
         for path, (size, digest) in merged_versions.items():
             memory[path] = remember(memory.get(path, []), size, digest)
@@ -688,15 +713,22 @@ class _Round:
             commit = remote[0]
             self.result["fast_forward"] = True
         else:
-            changed = {}
             memory = st.setdefault("blobs", {})
-            for rel in touched:
+            digests = {}
+
+            def snapshot(rel: str) -> bytes:
                 with open(store.log.path(rel), "rb") as f:
-                    content = f.read(sizes[rel])  # up to the snapshot: whole lines only
-                res = yield from self._git("hash-object", "-w", "--no-filters", "--stdin", input=content)
+                    content = f.read(sizes[rel])  # up to the snapshot: whole lines only (files only grow)
+                digests[rel] = (len(content), _digest(content))
+                return content
+            results = yield _GitBatch([(["hash-object", "-w", "--no-filters", "--stdin"],
+                                        lambda rel=rel: snapshot(rel), GIT_TIMEOUT) for rel in touched])
+            changed = {}
+            for rel, res in zip(touched, results):
+                if res.rc != 0:
+                    raise SyncError(f"git hash-object failed for {rel}: {res.error}")
                 changed[rel] = res.text
-                memory[rel] = remember(memory.get(rel, []), len(content), _digest(content))
-                del content
+                memory[rel] = remember(memory.get(rel, []), *digests[rel])
             tree = yield from self._tree(listing, changed, remote if needs_remote_parent else None)
             if tree == base_tree and not needs_remote_parent:
                 commit = base
@@ -781,6 +813,15 @@ def _push_error(res: GitResult) -> str:
 
 # -- drivers --------------------------------------------------------------------------------------
 
+def _run_git(cwd: str, args: list[str], input: bytes | None, timeout: float) -> GitResult:
+    try:
+        proc = subprocess.run(git_argv(args), cwd=cwd, input=input, capture_output=True, timeout=timeout,
+                              env=git_env(), stdin=None if input is not None else subprocess.DEVNULL)
+        return GitResult(proc.returncode, proc.stdout, proc.stderr)
+    except subprocess.TimeoutExpired:
+        return GitResult(-9, b"", b"timed out")
+
+
 def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
     """Run one round synchronously (scripts, benchmarks): returns the round's result."""
     rnd = _Round(env, state)
@@ -792,13 +833,9 @@ def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
         except StopIteration:
             break
         if isinstance(step, _Git):
-            try:
-                proc = subprocess.run(git_argv(step.args), cwd=env.sync_dir, input=step.input,
-                                      capture_output=True, timeout=step.timeout, env=git_env(),
-                                      stdin=None if step.input is not None else subprocess.DEVNULL)
-                value = GitResult(proc.returncode, proc.stdout, proc.stderr)
-            except subprocess.TimeoutExpired:
-                value = GitResult(-9, b"", b"timed out")
+            value = _run_git(env.sync_dir, step.args, step.input, step.timeout)
+        elif isinstance(step, _GitBatch):
+            value = [_run_git(env.sync_dir, args, input_fn(), timeout) for args, input_fn, timeout in step.items]
         elif isinstance(step, _Write):
             store = env.store
             try:
@@ -858,8 +895,10 @@ class SyncLoop:
         self.waiters: list = []   # (Deferred, conn) waiting for the round in flight
         self.timer = None
         self.debounce_timer = None
-        self.child = None
+        self.children: set = set()  # git calls of the round in flight
+        self.batch = None
         self.gc_child = None
+        self.step_name, self.step_started = "", 0.0
         self.gen = None
         self.round = None
         self.lock_fd: int | None = None
@@ -906,14 +945,15 @@ class SyncLoop:
             if handle is not None:
                 self.daemon.loop.cancel(handle)
         self.timer = self.debounce_timer = None
-        for child in (self.child, self.gc_child):
+        for child in [*self.children, self.gc_child]:
             if child is not None and not child.done:
                 child.kill()  # every git step is safe to interrupt: refs move atomically or not at all
                 try:
                     child.proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
-        self.child = self.gc_child = None
+        self.children.clear()
+        self.gc_child = self.batch = None
         if self.gen is not None:
             self.gen.close()
             self.gen = None
@@ -1003,17 +1043,26 @@ class SyncLoop:
                 return
             value = None
             if isinstance(step, _Git):
+                self.step_started = time.monotonic()
+                self.step_name = step.args[0]
                 try:
-                    self.child = self.daemon.loop.spawn(git_argv(step.args), self._git_done, cwd=self.env.sync_dir,
-                                                        env=git_env(), timeout=step.timeout, stdin_data=step.input)
+                    self._spawn(step.args, step.input, step.timeout, self._git_done)
                 except OSError as exc:
                     self.gen.close()
                     self._finish(f"cannot run git: {exc}")
                 return
+            if isinstance(step, _GitBatch):
+                self.step_started = time.monotonic()
+                self.step_name = f"{len(step.items)} x {step.items[0][0][0]}" if step.items else "nothing"
+                self.batch = [step.items, [None] * len(step.items), 0, 0]  # items, results, next, running
+                self._batch_fill()
+                return
             if isinstance(step, _Write):
                 self.merging = True
+                started = time.monotonic()
                 try:
                     self.daemon.run_write(step.fn)
+                    log.debug("sync write: %.1f ms", (time.monotonic() - started) * 1000)
                 except Exception as exc:
                     self.gen.close()
                     self._finish(f"cannot write the merged lines: {exc}")
@@ -1031,8 +1080,50 @@ class SyncLoop:
                 self.dirty_unknown = False
             self._progress(step.stage, step.detail)
 
+    def _spawn(self, args: list[str], input: bytes | None, timeout: float, on_done) -> None:
+        holder = []
+
+        def done(rc, out, err):
+            self.children.discard(holder[0])
+            on_done(rc, out, err)
+        child = self.daemon.loop.spawn(git_argv(args), done, cwd=self.env.sync_dir, env=git_env(),
+                                       timeout=timeout, stdin_data=input)
+        holder.append(child)
+        self.children.add(child)
+
+    def _batch_fill(self) -> None:
+        batch = self.batch
+        if batch is None:
+            return
+        items, results = batch[0], batch[1]
+        try:
+            while batch[3] < _GitBatch.LIMIT and batch[2] < len(items):
+                i = batch[2]
+                args, input_fn, timeout = items[i]
+                batch[2] += 1
+                batch[3] += 1
+                self._spawn(args, input_fn(), timeout, lambda rc, out, err, i=i: self._batch_done(i, rc, out, err))
+        except OSError as exc:
+            self.batch = None
+            for child in list(self.children):
+                child.kill()
+            self.gen.close()
+            self._finish(f"cannot run git: {exc}")
+            return
+        if batch[3] == 0 and batch[2] == len(items):
+            self.batch = None
+            log.debug("sync git %s: %.1f ms", self.step_name, (time.monotonic() - self.step_started) * 1000)
+            self._advance(results)
+
+    def _batch_done(self, i: int, rc: int, out: bytes, err: bytes) -> None:
+        if self.batch is None:
+            return
+        self.batch[1][i] = GitResult(rc, out, err)
+        self.batch[3] -= 1
+        self._batch_fill()
+
     def _git_done(self, rc: int, out: bytes, err: bytes) -> None:
-        self.child = None
+        log.debug("sync git %s: exit %d, %.1f ms", self.step_name, rc, (time.monotonic() - self.step_started) * 1000)
         if self.gen is not None:
             self._advance(GitResult(rc, out, err))
 
