@@ -263,6 +263,7 @@ WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop 
 BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
 DEFAULT_INTERVAL = 60
 DEFAULT_DEBOUNCE = 2.0     # seconds from the first unsynced local write to a round
+MAX_GIT_OUTPUT = 1 << 30   # cat-file of remote log files is the only large output
 GC_EVERY = 100             # commits of ours between two `git gc --auto` (git's own thresholds decide)
 _LOG_PATH = re.compile(r"^(events\.jsonl|messages/[A-Za-z0-9_-]+\.jsonl)$")
 
@@ -477,7 +478,7 @@ class _Round:
         res = yield _Git(list(args), input, timeout)
         if ok is not None and res.rc not in ok:
             if res.rc == -9:
-                raise SyncError(f"git {args[0]} timed out after {timeout:g}s")
+                raise SyncError(f"git {args[0]} was stopped: timed out after {timeout:g}s or its output was too large")
             raise SyncError(f"git {args[0]} failed: {res.error}")
         return res
 
@@ -607,8 +608,8 @@ class _Round:
             return
         wanted.sort(key=lambda w: (w[0] != "events.jsonl", w[0]))  # groups and agents before messages
         blobs = {}
-        for i in range(0, len(wanted), 256):
-            chunk = wanted[i:i + 256]
+        for i in range(0, len(wanted), 64):
+            chunk = wanted[i:i + 64]
             res = yield from self._git("cat-file", "--batch",
                                        input="".join(sha + "\n" for _, sha in chunk).encode(),
                                        timeout=FETCH_TIMEOUT)
@@ -1087,7 +1088,7 @@ class SyncLoop:
             self.children.discard(holder[0])
             on_done(rc, out, err)
         child = self.daemon.loop.spawn(git_argv(args), done, cwd=self.env.sync_dir, env=git_env(),
-                                       timeout=timeout, stdin_data=input)
+                                       timeout=timeout, stdin_data=input, max_output=MAX_GIT_OUTPUT)
         holder.append(child)
         self.children.add(child)
 
