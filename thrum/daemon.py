@@ -718,6 +718,7 @@ def setup_logging(paths, foreground: bool) -> None:
 
 def run_daemon(paths, *, foreground: bool = False) -> int:
     """The body of `thrum daemon run`. Returns the process exit code."""
+    paths = paths.for_daemon()
     setup_logging(paths, foreground)
     daemon = Daemon(paths, foreground=foreground)
     for factory in _component_factories():
@@ -777,7 +778,7 @@ def _component_factories() -> list:
 
 
 # Modules that may contribute a daemon component through make_component(paths).
-COMPONENT_MODULES = ("thrum.sync", "thrum.ws", "thrum.gitctx")
+COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx")
 
 
 # -- controlling a daemon from the CLI ------------------------------------------------------
@@ -818,6 +819,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     """Spawn `thrum daemon run` detached and wait until it answers `health`."""
     from thrum.rpc import Client, DaemonUnavailable, RPCError
 
+    paths = paths.for_daemon()
     if lock_is_held(paths):
         info = read_pid_file(paths)
         raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "

@@ -216,7 +216,7 @@ def _dumps(obj: object) -> bytes:
 
 
 def encode_response(rid: object, result: object) -> bytes:
-    return _dumps({"jsonrpc": "2.0", "result": result, "id": rid}) + b"\n"
+    return _dumps({"jsonrpc": "2.0", "result": result, "id": None if rid is _NO_ID else rid}) + b"\n"
 
 
 def encode_error(rid: object, err: ThrumError) -> bytes:
@@ -453,21 +453,31 @@ class Client:
             self.connect()
         self._sock.sendall(data)
 
-    def read_message(self) -> dict:
-        """The next JSON line from the daemon (a response or a notification)."""
+    def read_message(self, timeout: float | None = None) -> dict:
+        """The next JSON line from the daemon (a response or a notification).
+
+        With `timeout`, waiting longer than that raises TimeoutError (the connection stays usable).
+        """
         while True:
             nl = self._buf.find(b"\n")
             if nl >= 0:
                 line, self._buf = self._buf[:nl], self._buf[nl + 1:]
                 return json.loads(line)
+            if timeout is not None:
+                self._sock.settimeout(max(timeout, 0.001))
             try:
                 chunk = self._sock.recv(262144)
             except TimeoutError:
+                if timeout is not None:
+                    raise
                 raise DaemonUnavailable(
                     "the daemon did not answer in time (daemon may be unresponsive - try: thrum daemon restart)"
                 ) from None
             except OSError as exc:
                 raise DaemonUnavailable(f"connection to the daemon failed: {exc.strerror or exc}") from None
+            finally:
+                if timeout is not None:
+                    self._sock.settimeout(self.timeout)
             if not chunk:
                 raise DaemonUnavailable("the daemon closed the connection")
             self._buf += chunk

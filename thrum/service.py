@@ -168,7 +168,14 @@ class Service:
                 raise PermissionDenied(f"this connection acts as {ctx.bound_agent}, not {cid}")
             return ctx.bound_agent
         if cid:
+            if ctx.transport == "ws" and self.agent_row(cid) is not None:
+                ctx.bound_agent = cid  # a WebSocket connection acts as one identity: the first it names
             return cid
+        if ctx.transport == "ws":  # never the daemon's guess: a WebSocket client says who it is
+            if required:
+                raise PermissionDenied("this WebSocket connection has no identity: call user.register "
+                                       "(browser users) or pass caller_agent_id")
+            return ""
         return self._default_caller() if required else ""
 
     def caller(self, p: Params, ctx: CallContext):

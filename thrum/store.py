@@ -771,7 +771,11 @@ class Store:
         self._extra_appliers: dict = {}
 
     def extend(self, schema_sql: str, appliers: dict) -> None:
-        """Add the tables and event appliers of another component (call before `open`)."""
+        """Add the tables and event appliers of another component (call before `open`).
+
+        An applier is called as fn(event, ns); it writes through `store.projection.db`,
+        which is the database being built during a rebuild too.
+        """
         self._extra_schema.append(schema_sql)
         self._extra_appliers.update(appliers)
 
@@ -863,6 +867,7 @@ class Store:
         conn.execute("INSERT INTO meta VALUES ('schema_hash', ?)", (self._schema_hash(),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         proj = Projection(conn, self._extra_appliers)
+        self.projection = proj  # extra appliers reach the database being built through store.projection.db
         events: list[tuple[tuple[int, str], dict]] = []
         ends: dict[str, tuple[int, bytes]] = {}
         files = self.log.files()
