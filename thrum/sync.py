@@ -932,7 +932,8 @@ class SyncLoop:
         registry = daemon.service.registry
         registry.add("sync.force", self.rpc_force)
         registry.add("sync.status", self.rpc_status)
-        daemon.service.sync_status = lambda: {"sync_state": self.sync_state()}
+        daemon.service.sync_status = lambda: {"sync_state": self.sync_state()}  # health
+        daemon.service.sync_details = self.status  # everything sync.status says (notification.sync)
         daemon.event_listeners.append(self._on_events)
         self.running = True
         log.info("sync loop started (%s, every %ss, %s after writes)",
