@@ -1642,7 +1642,92 @@ def _ws_port(ctx: Ctx) -> int | None:
 
 
 # == sync: `sync force|status` =================================================================
-# (commands for git sync live here)
+
+@command("sync")
+def _setup_sync(c: Commands) -> None:
+    g = c.group("sync", "Sync messages with other clones through the a-sync branch")
+    p = c.add(g, "force", "Run a sync round now and report what moved", cmd_sync_force)
+    p.add_argument("--no-wait", action="store_true", help="only trigger the round; do not wait for it")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the round (default 300)")
+    c.add(g, "status", "Show the sync loop's state, last sync and last error", cmd_sync_status)
+
+
+_STATE_TEXT = {
+    "synced": "✓ synced", "idle": "idle (no syncs yet)", "error": "✗ error", "stopped": "stopped",
+    "pending": "pending (local changes not pushed yet)", "local": "local (committed locally, never pushed)",
+}
+
+
+def _sync_lines(s: dict, indent: str = "") -> list[str]:
+    mode = "local-only (remote sync disabled)" if s.get("local_only") else "normal"
+    state = _STATE_TEXT.get(s.get("sync_state", ""), s.get("sync_state", "?"))
+    if s.get("sync_state") == "local" and not s.get("local_only"):
+        state = "local (no 'origin' remote: committed locally only)"
+    last = s.get("last_sync_at") or ""
+    lines = [f"{indent}Mode:       {mode}", f"{indent}State:      {state}",
+             f"{indent}Last sync:  {f'{last} ({ago(last)})' if last else 'never'}"]
+    if s.get("remote"):
+        lines.append(f"{indent}Remote:     {s['remote']}/a-sync (ahead {s.get('ahead', 0)}, behind "
+                     f"{s.get('behind', 0)}; {s.get('unpushed_events', 0)} event(s) not pushed)")
+    if s.get("last_error"):
+        lines.append(f"{indent}Last error: {s['last_error']}")
+    if s.get("bad_remote_lines"):
+        lines.append(f"{indent}Bad lines:  {s['bad_remote_lines']} unparseable remote line(s) kept in the log")
+    return lines
+
+
+def cmd_sync_status(ctx: Ctx) -> int:
+    s = ctx.call("sync.status")
+
+    def human(s):
+        return [f"Sync loop:  {'✓ running' if s.get('running') else '✗ stopped'}"] + _sync_lines(s)
+    ctx.emit(s, human)
+    return 0
+
+
+def cmd_sync_force(ctx: Ctx) -> int:
+    if ctx.args.no_wait:
+        s = ctx.call("sync.force")
+        ctx.emit(s, lambda s: ["✓ Sync triggered"] + _sync_lines(s, "  "))
+        return 0
+    from thrum.rpc import Client, DaemonUnavailable, RPCError
+
+    show = tty() and not ctx.json and not ctx.quiet
+    stages = {"fetch": "fetching from origin", "merge": "merging remote events", "commit": "committing",
+              "push": "pushing to origin"}
+
+    def progress(msg: dict) -> None:
+        if show and msg.get("method") == "sync.progress":
+            params = msg.get("params") or {}
+            text = stages.get(params.get("stage"), params.get("stage", ""))
+            if (params.get("attempt") or 1) > 1:
+                text += f" (attempt {params['attempt']})"
+            sys.stderr.write(f"\r\033[K  sync: {text}…")
+            sys.stderr.flush()
+
+    try:
+        with Client(ctx.paths.socket, timeout=max(1.0, ctx.args.timeout)) as client:
+            result = client.call("sync.force", {"wait": True}, on_notification=progress)
+    except RPCError as exc:
+        raise CliError(exc.message, code=1, rpc_code=exc.code, data=exc.data) from None
+    except DaemonUnavailable as exc:
+        raise CliError(f"sync did not finish: {exc}", "Check the daemon with: thrum daemon status") from None
+    finally:
+        if show:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+    if not result.get("ok", True):
+        err = result.get("last_error") or "unknown error"
+        hint = "Local data is safe; it is pushed on a later round. See: thrum sync status"
+        raise CliError(f"sync failed: {err}", hint, data=result)
+
+    def human(r):
+        moved = f"pulled {r.get('pulled', 0)}, pushed {r.get('pushed', 0)} event(s)"
+        if r.get("local_only") or r.get("sync_state") == "local":
+            moved = f"committed {r.get('committed', 0)} event(s) locally"
+        return [f"✓ Sync complete: {moved} in {r.get('duration_ms', 0)} ms"] + _sync_lines(r, "  ")
+    ctx.emit(result, human)
+    return 0
 
 
 # == real time: `subscribe`, `unsubscribe`, `subscriptions`, `wait`, `ui` ============================

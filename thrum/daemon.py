@@ -33,7 +33,7 @@ import traceback
 from thrum import __version__
 from thrum.events import now_timestamp
 from thrum.rpc import (
-    InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
+    Deferred, InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
     decode_request, encode_error, encode_notification, encode_response, request_id_of, MAX_LINE,
 )
 
@@ -101,6 +101,9 @@ class Loop:
 
     def add_reader(self, fileobj, callback) -> None:
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def add_writer(self, fileobj, callback) -> None:
+        self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
 
     def modify(self, fileobj, events: int, callback) -> None:
         self.selector.modify(fileobj, events, callback)
@@ -172,16 +175,38 @@ class _Child:
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin_data is not None
                                      else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      close_fds=True, start_new_session=True)
+        self._stdin = None
         if stdin_data is not None:
-            try:  # small inputs only (a pipe buffer); larger ones would need a writer
-                self.proc.stdin.write(stdin_data)
-            except BrokenPipeError:
-                pass
-            self.proc.stdin.close()
+            # Fed by the loop as the pipe drains: a blocking write of more than a pipe
+            # buffer would stall the loop, or deadlock with a child blocked on stdout.
+            self._stdin = memoryview(stdin_data)
+            os.set_blocking(self.proc.stdin.fileno(), False)
+            loop.add_writer(self.proc.stdin, lambda mask: self._write())
         for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
             os.set_blocking(pipe.fileno(), False)
             loop.add_reader(pipe, lambda mask, p=pipe, b=buf: self._read(p, b))
         self.timer = loop.call_later(timeout, self._timeout)
+
+    def _write(self) -> None:
+        try:
+            while self._stdin:
+                written = os.write(self.proc.stdin.fileno(), self._stdin[:READ_CHUNK])
+                self._stdin = self._stdin[written:]
+        except BlockingIOError:
+            return
+        except OSError:  # the child stopped reading (exited or closed stdin)
+            pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin is None:
+            return
+        self._stdin = None
+        self.loop.remove(self.proc.stdin)
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
 
     def _read(self, pipe, buf: bytearray) -> None:
         try:
@@ -215,6 +240,7 @@ class _Child:
         if self.done:
             return
         self.done = True
+        self._close_stdin()
         Loop.cancel(self.timer)
         self.on_done(code, bytes(self.out), bytes(self.err))
 
@@ -617,6 +643,12 @@ class Daemon:
                     raise
             else:
                 result = method.fn(Params(req.params), ctx)
+            if isinstance(result, Deferred):  # answered later, when the handler's work is done
+                if not req.is_notification:
+                    rid = req.id
+                    result.bind(lambda ok, value: conn.send(
+                        encode_response(rid, value) if ok else encode_error(rid, value)))
+                return None, bool(method.writes)
             reply = encode_response(req.id, result)
         except ThrumError as err:
             reply = encode_error(req.id, err)
