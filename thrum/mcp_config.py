@@ -28,7 +28,7 @@ class SetupError(Exception):
         self.message, self.hint = message, hint
 
 
-# name: (display name, default file, format, what to do after writing)
+# name: (display name, default file, format, what to do after writing); names as `thrum runtime list`
 RUNTIMES = {
     "claude": ("Claude Code", ".mcp.json", "json",
                "Restart Claude Code in this repository and approve the project's 'thrum' server (check with /mcp)."),
@@ -38,13 +38,16 @@ RUNTIMES = {
                "Restart Gemini CLI in this repository (check with /mcp)."),
     "codex": ("OpenAI Codex", "$CODEX_HOME/config.toml", "toml",
               "Restart Codex (check with /mcp). Codex starts the server in the directory you run it from."),
+    "auggie": ("Augment (Auggie)", ".augment/settings.json", "json", "Restart Auggie in this repository."),
 }
 
 # Markers in the checkout first (what the repository says), then the environment (what runs us).
 _MARKERS = (("claude", ".mcp.json"), ("claude", ".claude"), ("claude", "CLAUDE.md"), ("cursor", ".cursor"),
-            ("cursor", ".cursorrules"), ("gemini", ".gemini"), ("gemini", "GEMINI.md"), ("codex", ".codex"))
+            ("cursor", ".cursorrules"), ("gemini", ".gemini"), ("gemini", "GEMINI.md"), ("codex", ".codex"),
+            ("auggie", ".augment"))
 _ENV = (("claude", "CLAUDECODE"), ("claude", "CLAUDE_SESSION_ID"), ("cursor", "CURSOR_SESSION"),
-        ("cursor", "CURSOR_TRACE_ID"), ("gemini", "GEMINI_CLI"), ("codex", "CODEX_SANDBOX"))
+        ("cursor", "CURSOR_TRACE_ID"), ("gemini", "GEMINI_CLI"), ("codex", "CODEX_SANDBOX"),
+        ("auggie", "AUGMENT_AGENT"))
 
 # How long a tool call may run: wait_for_message may block for up to 600 s, and some clients
 # cut tool calls much sooner by default (Codex: 60 s). Set only when the entry has no value.
