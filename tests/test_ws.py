@@ -97,7 +97,8 @@ def test_batch_requests(daemon):
 
 def test_unix_only_methods_are_not_on_ws(daemon):
     with WS(daemon) as ws:
-        assert ws.request("team.list")["error"]["code"] == -32601
+        assert ws.request("agent.delete", name="alice")["error"]["code"] == -32601
+        assert "members" in ws.call("team.list")  # read-only, opened to WebSocket for the web UI
 
 
 # -- security ---------------------------------------------------------------------------------------
