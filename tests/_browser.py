@@ -158,9 +158,11 @@ class Browser:
     # -- pages ---------------------------------------------------------------------------------
 
     def new_page(self, width: int = 1280, height: int = 800, color_scheme: str = "light") -> "Page":
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        """A tab in a fresh browser context: its own cookies and storage, like a private window."""
+        context = self.send("Target.createBrowserContext", {"disposeOnDetach": True})["browserContextId"]
+        target = self.send("Target.createTarget", {"url": "about:blank", "browserContextId": context})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        page = Page(self, target, session)
+        page = Page(self, target, session, context)
         for domain in ("Page", "Runtime", "Network", "Log"):
             self.send(f"{domain}.enable", session=session)
         page.resize(width, height)
@@ -195,8 +197,16 @@ class Browser:
 
 
 class Page:
-    def __init__(self, browser: Browser, target: str, session: str) -> None:
-        self.browser, self.target, self.session = browser, target, session
+    def __init__(self, browser: Browser, target: str, session: str, context: str | None = None) -> None:
+        self.browser, self.target, self.session, self.context = browser, target, session, context
+
+    def close(self) -> None:
+        try:
+            self.browser.send("Target.closeTarget", {"targetId": self.target}, timeout=10)
+            if self.context:
+                self.browser.send("Target.disposeBrowserContext", {"browserContextId": self.context}, timeout=10)
+        except CDPError:
+            pass
 
     def send(self, method: str, params: dict | None = None, timeout: float = 30) -> dict:
         return self.browser.send(method, params, session=self.session, timeout=timeout)
@@ -233,7 +243,8 @@ class Page:
         last_error = None
         while True:
             try:
-                value = self.eval(expression)
+                # An element does not survive returnByValue: report it as true.
+                value = self.eval(f"(() => {{ const v = ({expression}); return v instanceof Node ? true : v; }})()")
                 if value:
                     return value
             except CDPError as exc:  # e.g. the page is navigating
