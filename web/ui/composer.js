@@ -19,12 +19,12 @@ export class Composer {
     this.clientId = newClientId();
     this.to = h("input", {
       id: "compose-to", name: "to", type: "text", list: "recipients", autocomplete: "off", spellcheck: "false",
-      placeholder: "@name, @role, @group or @everyone", "aria-describedby": "compose-to-hint",
+      placeholder: "@everyone", "aria-describedby": "compose-to-hint",
     });
     this.priority = h("select", { id: "compose-priority", name: "priority" },
       ["normal", "high", "critical", "low"].map((p) => h("option", { value: p }, p)));
     this.content = h("textarea", {
-      id: "compose-content", name: "content", rows: "3", required: true, "aria-describedby": "compose-content-hint",
+      id: "compose-content", name: "content", rows: "2", required: true, "aria-describedby": "compose-content-hint",
     });
     this.sendBtn = h("button", { type: "submit", class: "primary" }, "Send");
     this.replyBox = h("div", { class: "reply-box", hidden: true });
@@ -36,16 +36,16 @@ export class Composer {
       this.replyBox,
       h("div", { class: "compose-row" },
         h("div", { class: "field grow" },
-          h("label", { for: "compose-to" }, "To"),
-          this.to,
-          h("span", { id: "compose-to-hint", class: "hint" }, "Several? Separate them with spaces.")),
+          h("label", { for: "compose-to" }, "To ",
+            h("span", { id: "compose-to-hint", class: "hint-inline" }, "@name, @role, @group or @everyone; several: separate with spaces")),
+          this.to),
         h("div", { class: "field" },
           h("label", { for: "compose-priority" }, "Priority"),
           this.priority)),
       h("div", { class: "field" },
-        h("label", { for: "compose-content" }, "Message"),
-        this.content,
-        h("span", { id: "compose-content-hint", class: "hint" }, "Markdown. Ctrl+Enter sends.")),
+        h("label", { for: "compose-content" }, "Message ",
+          h("span", { id: "compose-content-hint", class: "hint-inline" }, "Markdown; Ctrl+Enter sends")),
+        this.content),
       h("div", { class: "compose-actions" }, this.sendBtn, this.status),
       this.error,
       this.datalist);
@@ -95,7 +95,7 @@ export class Composer {
     this.replyTo = null;
     this.replyBox.hidden = true;
     this.replyBox.replaceChildren();
-    this.to.placeholder = "@name, @role, @group or @everyone";
+    this.to.placeholder = "@everyone";
     if (focus) this.content.focus();
   }
 
