@@ -369,3 +369,4 @@ def test_thrum_ui_link_sets_a_cookie(daemon):
     assert status == 401
     human = t.run("ui", "--no-open").stdout
     assert info["url"] in human
+    assert f"http://127.0.0.1:{port}/ is enough" in human  # the cookie: the token is needed once
