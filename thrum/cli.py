@@ -177,8 +177,13 @@ class Ctx:
             try:
                 self._paths = resolve(self.args.repo)
             except NotInitialized as exc:
-                raise CliError(f"thrum is not initialized in {exc}", "Run 'thrum init' in the repository first") \
-                    from None
+                from thrum.paths import find_git_toplevel
+
+                top = find_git_toplevel(str(exc))
+                linked = top is not None and os.path.isfile(os.path.join(top, ".git"))
+                raise CliError(f"thrum is not initialized in {exc}",
+                               "This is a git worktree: run 'thrum init' here to use the main checkout's daemon"
+                               if linked else "Run 'thrum init' in the repository first") from None
             except RedirectError as exc:
                 raise CliError(str(exc), "Run 'thrum setup --main-repo <path>' to repair the redirect") from None
         return self._paths
@@ -393,31 +398,64 @@ def _report(exc: CliError, want_json: bool) -> None:
 def _setup_init(c: Commands) -> None:
     p = c.add(c.sub, "init", "Set up thrum in this git repository (the .thrum/ dir and the a-sync branch)",
               cmd_init)
-    p.add_argument("--force", action="store_true", help="repair an existing setup")
+    p.add_argument("--force", action="store_true", help="repair an existing setup; overwrite runtime files")
     p.add_argument("--dry-run", action="store_true", help="show what would be done")
+    p.add_argument("--runtime", default="", help="agent runtime whose files to write: claude, codex, cursor, "
+                   "gemini, auggie, amp, cli-only or all (default: the configured one, else detected)")
+    p.add_argument("--agent-name", default="", help="default agent name for scripts/thrum-startup.sh")
+    p.add_argument("--agent-role", default="", help="default role for scripts/thrum-startup.sh")
+    p.add_argument("--agent-module", default="", help="default module for scripts/thrum-startup.sh")
 
 
 def cmd_init(ctx: Ctx) -> int:
     from thrum import initialize
 
     repo = os.path.abspath(ctx.args.repo or os.getcwd())
+    a = ctx.args
     try:
-        result = initialize.init_repo(repo, force=ctx.args.force, dry_run=ctx.args.dry_run)
+        result = initialize.init_repo(repo, force=a.force, dry_run=a.dry_run)
     except initialize.InitError as exc:
         raise CliError(str(exc), exc.hint) from None
-
+    if not result.get("worktree") or a.runtime:
+        root = result["repository"]
+        ctx._paths = None if a.dry_run else _paths_at(root)
+        runtime, detected, how = _choose_runtime(ctx, root, a.runtime, prompt=True)
+        if ctx._paths is not None and not result.get("worktree") and how != "none":
+            _save_runtime(ctx, runtime)  # a fallback is not a choice: detection runs again next time
+        part = _runtime_files(ctx, root, runtime, force=a.force, dry_run=a.dry_run, name=a.agent_name,
+                              role=a.agent_role, module=a.agent_module)
+        result["runtime_init"] = {**part, "detected": detected, "source": how}
     def human(r):
-        if r.get("dry_run"):
-            return ["Dry run: would initialize thrum in " + r["repository"]] + [f"  {a}" for a in r["actions"]]
-        if r.get("worktree"):
-            return ["✓ Worktree detected — set up redirect to main repo", f"  Main repo: {r['main_repo']}",
-                    f"  Redirect: .thrum/redirect → {r['main_repo']}/.thrum",
-                    "  Created: .thrum/identities/ (local to this worktree)"]
-        head = "✓ Thrum already initialized" if r["already"] else "✓ Thrum initialized successfully"
-        return [head, f"  Repository: {r['repository']}"] + [f"  {a}" for a in r["actions"]] + \
-            ["", "Next: thrum daemon start"]
+        lines = _init_lines(r)
+        rt = r.get("runtime_init")
+        if rt:
+            how = {"flag": "Using", "config": "Using configured", "detected": "Auto-detected",
+                   "chosen": "Using", "none": "No AI runtimes detected, using"}[rt["source"]]
+            lines += ["", f"✓ {how} runtime: {rt['runtime']}"]
+            if rt["files"]:
+                lines += [""] + _runtime_file_lines(rt)
+        if not r.get("dry_run") and not r.get("worktree"):
+            lines += ["", "Done. Run 'thrum daemon start' to begin coordination."]
+        return lines
     ctx.emit(result, human)
     return 0
+
+
+def _paths_at(root: str):
+    from thrum.paths import resolve
+
+    return resolve(root, walk=False)
+
+
+def _init_lines(r: dict) -> list[str]:
+    if r.get("dry_run"):
+        return ["Dry run: would initialize thrum in " + r["repository"]] + [f"  {a}" for a in r["actions"]]
+    if r.get("worktree"):
+        return ["✓ Worktree detected — set up redirect to main repo", f"  Main repo: {r['main_repo']}",
+                f"  Redirect: .thrum/redirect → {r['main_repo']}/.thrum",
+                "  Created: .thrum/identities/ (local to this worktree)"]
+    head = "✓ Thrum already initialized" if r["already"] else "✓ Thrum initialized successfully"
+    return [head, f"  Repository: {r['repository']}"] + [f"  {a}" for a in r["actions"]]
 
 
 @command("daemon")
@@ -665,9 +703,9 @@ def _setup_quickstart(c: Commands) -> None:
     p.add_argument("--intent", default="", help="what you are about to work on")
     p.add_argument("--force", action="store_true", help="take over the name even if it has another role/module")
     p.add_argument("--dry-run", action="store_true", help="validate only")
-    p.add_argument("--runtime", default="", help=argparse.SUPPRESS)
-    p.add_argument("--preamble-file", default="", help=argparse.SUPPRESS)
-    p.add_argument("--no-init", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--runtime", default="", help="also write this agent runtime's files (as 'init --runtime')")
+    p.add_argument("--preamble-file", default="", help="append this file to your context preamble")
+    p.add_argument("--no-init", action="store_true", help="never write runtime files")
 
 
 def cmd_quickstart(ctx: Ctx) -> int:
@@ -696,12 +734,22 @@ def cmd_quickstart(ctx: Ctx) -> int:
         data["intent"] = ctx.call("session.setIntent", {"session_id": session["session_id"],
                                                         "intent": args.intent, "caller_agent_id": ident.name})
     _bootstrap_context(ctx, ident.name)
+    root = _worktree_path(ctx)
+    runtime, detected, how = _choose_runtime(ctx, root, args.runtime, prompt=False)
+    data["runtime"], data["runtime_detected"] = runtime, [d["runtime"] for d in detected]
+    if args.runtime and not args.no_init:
+        data["runtime_init"] = _runtime_files(ctx, root, runtime, force=args.force, dry_run=False,
+                                              name=ident.name, role=role, module=module)
 
     def human(d):
         lines = [f"✓ Registered as @{ident.name} ({ident.role} @ {ident.module})",
                  f"✓ Session started: {d['session']['session_id']}"]
         if "intent" in d:
             lines.append(f"✓ Intent set: {d['intent']['intent']}")
+        if how in ("detected", "config", "flag"):
+            lines.append(f"✓ {'Detected' if how == 'detected' else 'Using'} runtime: {runtime}")
+        if "runtime_init" in d:
+            lines += ["  " + ln for ln in _runtime_file_lines(d["runtime_init"])[2:]]
         if not ctx.quiet:
             lines.append(f"  Identity saved to {os.path.relpath(ident.path, ctx.paths.repo)}")
         return lines
@@ -710,12 +758,16 @@ def cmd_quickstart(ctx: Ctx) -> int:
 
 
 def _bootstrap_context(ctx: Ctx, name: str) -> None:
-    """An empty context file per agent, so `context show` and agents' instructions have a place to point."""
-    cdir = os.path.join(ctx.paths.local, "context")
-    os.makedirs(cdir, exist_ok=True)
-    path = os.path.join(cdir, name + ".md")
-    if not os.path.exists(path):
-        open(path, "a").close()
+    """The agent's preamble in the main .thrum/context/ (where every context command looks)."""
+    extra = ctx.args.preamble_file
+    if not extra and ctx.call("context.preamble.show", {"agent_name": name})["has_preamble"]:
+        return
+    params = {"agent_name": name}
+    if extra:
+        from thrum.coordination import DEFAULT_PREAMBLE
+
+        params["content"] = _b64(DEFAULT_PREAMBLE.encode() + b"\n---\n\n" + _read_input(extra, "preamble"))
+    ctx.call("context.preamble.save", params)
 
 
 def _worktree_path(ctx: Ctx) -> str:
@@ -760,6 +812,7 @@ def _setup_agent(c: Commands) -> None:
     p = c.add(g, "delete", "Delete an agent (its messages are kept)", cmd_agent_delete)
     p.add_argument("agent", metavar="NAME")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    _setup_agent_coordination(c, g)
     _session_commands(c, g, alias_group=True)
 
 
@@ -827,27 +880,6 @@ def cmd_agent_list(ctx: Ctx) -> int:
     return 0
 
 
-def _show_contexts(ctx: Ctx) -> int:
-    try:
-        result = ctx.call("agent.listContext", {})
-    except CliError as exc:
-        if exc.rpc_code != -32601:
-            raise
-        result = {"contexts": []}
-
-    def human(r):
-        if not r["contexts"]:
-            return ["No active work contexts found."]
-        lines = [f"{'AGENT':<20} {'BRANCH':<24} {'COMMITS':>7} {'FILES':>5}  INTENT"]
-        for w in r["contexts"]:
-            lines.append(f"{w['agent_id'][:20]:<20} {(w.get('branch') or '-')[:24]:<24} "
-                         f"{len(w.get('unmerged_commits') or []):>7} {len(w.get('changed_files') or []):>5}  "
-                         f"{w.get('intent') or '-'}")
-        return lines
-    ctx.emit(result, human)
-    return 0
-
-
 def cmd_agent_delete(ctx: Ctx) -> int:
     name = ctx.args.agent.lstrip("@")
     if not ctx.args.force:
@@ -879,7 +911,10 @@ def _session_commands(c: Commands, g, alias_group: bool) -> None:
         p = c.add(g, "list", "List sessions", cmd_session_list)
         p.add_argument("--active", action="store_true", help="only active sessions")
         p.add_argument("--agent", default="", help="only this agent's sessions")
-    p = c.add(g, "heartbeat", "Report that this agent is alive", cmd_session_heartbeat)
+    p = c.add(g, "heartbeat", "Report that this agent is alive (and refresh its git work context)",
+              cmd_session_heartbeat)
+    p.add_argument("--add-ref", action="append", metavar="TYPE:VALUE",
+                   help="e.g. worktree:/abs/path (the checkout whose git state this session reports)")
     _name_flag(p)
     p = c.add(g, "set-intent", "Say what you are working on ('' clears it)", cmd_session_set_intent)
     p.add_argument("text", metavar="TEXT")
@@ -951,8 +986,18 @@ def _session_call(ctx: Ctx, method: str, extra: dict) -> dict:
 
 
 def cmd_session_heartbeat(ctx: Ctx) -> int:
-    result = _session_call(ctx, "session.heartbeat", {})
-    ctx.emit(result, [f"✓ Heartbeat sent: {result['session_id']}"])
+    extra = {}
+    refs = split_pairs(ctx.args.add_ref, "ref")
+    if refs:
+        extra["add_refs"] = refs
+    result = _session_call(ctx, "session.heartbeat", extra)
+    lines = [f"✓ Heartbeat sent: {result['session_id']}"]
+    if result.get("context_refresh") == "scheduled":
+        wc = _wait_for_refresh(ctx, result["session_id"], result["last_seen_at"])
+        if wc and wc.get("git_updated_at"):
+            result["work_context"] = wc
+            lines.append(f"  Context: branch {_branch_text(wc)}, files: {_files_text(wc)}")
+    ctx.emit(result, lines)
     return 0
 
 
@@ -1066,7 +1111,9 @@ def cmd_reply(ctx: Ctx) -> int:
     try:
         parent = ctx.call("message.get", {"message_id": ctx.args.message_id, "caller_agent_id": ident.name})
     except CliError as exc:
-        raise CliError(f"failed to get parent message: {exc.message}", rpc_code=exc.rpc_code) from None
+        # Keep the hint: when the daemon is down it says how to start it.
+        raise CliError(f"failed to get parent message: {exc.message}", exc.hint, rpc_code=exc.rpc_code,
+                       data=exc.data) from None
     msg = parent["message"]
     mentions = []
     for ref in msg.get("refs", []):
@@ -1346,10 +1393,16 @@ def _setup_group(c: Commands) -> None:
     p = c.add(g, "delete", "Delete a group", cmd_group_delete)
     p.add_argument("group", metavar="NAME")
     for verb, func in (("add", cmd_group_add), ("remove", cmd_group_remove)):
-        p = c.add(g, verb, f"{verb.capitalize()} a member: an agent, --role R or --group G", func)
+        # Here --role names the member, so these parsers get their own copy of the global flags
+        # with that one replaced (the shared parent's actions must stay untouched).
+        own = Parser(add_help=False, conflict_handler="resolve")
+        _common_flags(own, suppress=True)
+        own.add_argument("--role", dest="member_role", default="", help="every agent with this role ('*' = all)")
+        help_text = f"{verb.capitalize()} a member: an agent, --role R or --group G"
+        p = g.add_parser(verb, help=help_text, description=help_text, parents=[own])
+        p.set_defaults(func=func)
         p.add_argument("group", metavar="GROUP")
         p.add_argument("member", metavar="MEMBER", nargs="?", help="agent name (@name)")
-        p.add_argument("--role", dest="member_role", default="", help="every agent with this role ('*' = all)")
         p.add_argument("--group", dest="member_group", default="", help="another group (nested)")
     c.add(g, "list", "List groups", cmd_group_list)
     p = c.add(g, "info", "Show a group and its members", cmd_group_info)
@@ -1484,9 +1537,14 @@ def cmd_team(ctx: Ctx) -> int:
             lines.append(f"Inbox:    {m['inbox_unread']} unread / {m['inbox_total']} total")
             if m.get("branch"):
                 lines.append(f"Branch:   {m['branch']} ({m['unmerged_commits']} commits ahead)")
-            files = m.get("changed_files") or []
-            lines.append("Files:    " + (", ".join(files[:8]) + (" …" if len(files) > 8 else "") if files
-                                         else "(no changes)"))
+            changes = m.get("file_changes") or [{"path": f} for f in m.get("changed_files") or []]
+            if changes:
+                lines.append(f"Files:    {len(changes)} changed, {len(m.get('uncommitted_files') or [])} uncommitted")
+                lines += ["  " + _file_row(f) for f in changes[:12]]
+                if len(changes) > 12:
+                    lines.append(f"  … and {len(changes) - 12} more (thrum agent context @{m['agent_id']})")
+            else:
+                lines.append("Files:    (no changes)")
             lines.append("")
         shared = r.get("shared_messages") or {}
         if shared:
@@ -1521,13 +1579,15 @@ def cmd_status(ctx: Ctx) -> int:
             data["agent"] = {"agent_id": ident.name, "role": ident.role, "module": ident.module,
                              "registered": False}
         if data["agent"].get("session_id"):
-            sessions = ctx.call("session.list", {"agent_id": ident.name, "active_only": True, "limit": 1})
-            if sessions["sessions"]:
-                s = sessions["sessions"][0]
-                data["work_context"] = {k: s[k] for k in ("intent", "current_task") if s.get(k)}
-        inbox = ctx.call("message.list", {"for_agent": ident.name, "for_agent_role": ident.role,
-                                          "exclude_self": True, "caller_agent_id": ident.name, "page_size": 1})
-        data["inbox"] = {"total": inbox["total"], "unread": inbox["unread"]}
+            found = _contexts(ctx, session_id=data["agent"]["session_id"])
+            if found:
+                data["work_context"] = found[0]
+        if data["agent"].get("registered") is not False:
+            notes = ctx.call("context.show", {"agent_name": ident.name, "include_preamble": False})
+            data["context"] = {"has_context": notes["has_context"]}
+            if notes["has_context"]:
+                data["context"].update(size=notes["size"], updated_at=notes.get("updated_at", ""))
+        data["inbox"] = _inbox_counts(ctx, ident)
     port = _ws_port(ctx)
     if port:
         data["websocket_port"] = port
@@ -1553,6 +1613,12 @@ def cmd_status(ctx: Ctx) -> int:
                 lines.append(f"Intent:   {wc['intent']}")
             if wc.get("current_task"):
                 lines.append(f"Task:     {wc['current_task']}")
+            if wc.get("branch"):
+                lines.append(f"Branch:   {_branch_text(wc)}")
+                lines.append(f"Files:    {_files_text(wc)}")
+            c = d.get("context") or {}
+            if c.get("has_context"):
+                lines.append(f"Context:  {c['size']} bytes (updated {ago(c.get('updated_at', ''))})")
         if "inbox" in d:
             lines.append(f"Inbox:    {d['inbox']['total']} messages ({d['inbox']['unread']} unread)")
         lines.append(f"Sync:     {h.get('sync_state', 'unknown')}")
@@ -1576,7 +1642,92 @@ def _ws_port(ctx: Ctx) -> int | None:
 
 
 # == sync: `sync force|status` =================================================================
-# (commands for git sync live here)
+
+@command("sync")
+def _setup_sync(c: Commands) -> None:
+    g = c.group("sync", "Sync messages with other clones through the a-sync branch")
+    p = c.add(g, "force", "Run a sync round now and report what moved", cmd_sync_force)
+    p.add_argument("--no-wait", action="store_true", help="only trigger the round; do not wait for it")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the round (default 300)")
+    c.add(g, "status", "Show the sync loop's state, last sync and last error", cmd_sync_status)
+
+
+_STATE_TEXT = {
+    "synced": "✓ synced", "idle": "idle (no syncs yet)", "error": "✗ error", "stopped": "stopped",
+    "pending": "pending (local changes not pushed yet)", "local": "local (committed locally, never pushed)",
+}
+
+
+def _sync_lines(s: dict, indent: str = "") -> list[str]:
+    mode = "local-only (remote sync disabled)" if s.get("local_only") else "normal"
+    state = _STATE_TEXT.get(s.get("sync_state", ""), s.get("sync_state", "?"))
+    if s.get("sync_state") == "local" and not s.get("local_only"):
+        state = "local (no 'origin' remote: committed locally only)"
+    last = s.get("last_sync_at") or ""
+    lines = [f"{indent}Mode:       {mode}", f"{indent}State:      {state}",
+             f"{indent}Last sync:  {f'{last} ({ago(last)})' if last else 'never'}"]
+    if s.get("remote"):
+        lines.append(f"{indent}Remote:     {s['remote']}/a-sync (ahead {s.get('ahead', 0)}, behind "
+                     f"{s.get('behind', 0)}; {s.get('unpushed_events', 0)} event(s) not pushed)")
+    if s.get("last_error"):
+        lines.append(f"{indent}Last error: {s['last_error']}")
+    if s.get("bad_remote_lines"):
+        lines.append(f"{indent}Bad lines:  {s['bad_remote_lines']} unparseable remote line(s) kept in the log")
+    return lines
+
+
+def cmd_sync_status(ctx: Ctx) -> int:
+    s = ctx.call("sync.status")
+
+    def human(s):
+        return [f"Sync loop:  {'✓ running' if s.get('running') else '✗ stopped'}"] + _sync_lines(s)
+    ctx.emit(s, human)
+    return 0
+
+
+def cmd_sync_force(ctx: Ctx) -> int:
+    if ctx.args.no_wait:
+        s = ctx.call("sync.force")
+        ctx.emit(s, lambda s: ["✓ Sync triggered"] + _sync_lines(s, "  "))
+        return 0
+    from thrum.rpc import Client, DaemonUnavailable, RPCError
+
+    show = tty() and not ctx.json and not ctx.quiet
+    stages = {"fetch": "fetching from origin", "merge": "merging remote events", "commit": "committing",
+              "push": "pushing to origin"}
+
+    def progress(msg: dict) -> None:
+        if show and msg.get("method") == "sync.progress":
+            params = msg.get("params") or {}
+            text = stages.get(params.get("stage"), params.get("stage", ""))
+            if (params.get("attempt") or 1) > 1:
+                text += f" (attempt {params['attempt']})"
+            sys.stderr.write(f"\r\033[K  sync: {text}…")
+            sys.stderr.flush()
+
+    try:
+        with Client(ctx.paths.socket, timeout=max(1.0, ctx.args.timeout)) as client:
+            result = client.call("sync.force", {"wait": True}, on_notification=progress)
+    except RPCError as exc:
+        raise CliError(exc.message, code=1, rpc_code=exc.code, data=exc.data) from None
+    except DaemonUnavailable as exc:
+        raise CliError(f"sync did not finish: {exc}", "Check the daemon with: thrum daemon status") from None
+    finally:
+        if show:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+    if not result.get("ok", True):
+        err = result.get("last_error") or "unknown error"
+        hint = "Local data is safe; it is pushed on a later round. See: thrum sync status"
+        raise CliError(f"sync failed: {err}", hint, data=result)
+
+    def human(r):
+        moved = f"pulled {r.get('pulled', 0)}, pushed {r.get('pushed', 0)} event(s)"
+        if r.get("local_only") or r.get("sync_state") == "local":
+            moved = f"committed {r.get('committed', 0)} event(s) locally"
+        return [f"✓ Sync complete: {moved} in {r.get('duration_ms', 0)} ms"] + _sync_lines(r, "  ")
+    ctx.emit(result, human)
+    return 0
 
 
 # == real time: `subscribe`, `unsubscribe`, `subscriptions`, `wait`, `ui` ============================
@@ -1803,7 +1954,928 @@ def cmd_ui(ctx: Ctx) -> int:
 
 
 # == work context: `who-has`, `ping`, `overview`, `context`, `prime`, `setup`, `runtime`, `agent cleanup` ==
-# (commands for coordination and context live here)
+# Views of who is doing what (the daemon computes work contexts; the CLI never runs git here,
+# except `prime` when the daemon is down), agent notes, worktree setup and runtime presets.
+
+def _repo_relative(raw: str) -> tuple[str, str | None]:
+    """A path as typed (relative to the cwd, absolute, from a subdirectory) -> (repo-relative path, toplevel)."""
+    from thrum.paths import find_git_toplevel
+
+    full = os.path.realpath(raw if os.path.isabs(raw) else os.path.join(os.getcwd(), raw))
+    top = find_git_toplevel(full if os.path.isdir(full) else os.path.dirname(full))
+    if top is None:
+        return raw.strip("/"), None
+    rel = os.path.relpath(full, os.path.realpath(top))
+    if rel == ".":
+        return "", top
+    if rel.startswith(".."):
+        return raw.strip("/"), None
+    return rel.replace(os.sep, "/"), top
+
+
+def _contexts(ctx: Ctx, **params) -> list[dict]:
+    return ctx.call("agent.listContext", {k: v for k, v in params.items() if v})["contexts"]
+
+
+def _file_change(wc: dict, path: str) -> dict:
+    return next((f for f in wc.get("file_changes") or [] if f.get("path") == path), {})
+
+
+_STATUS_LETTER = {"added": "A", "modified": "M", "deleted": "D", "renamed": "R", "copied": "C",
+                  "conflicted": "U", "untracked": "?"}
+
+
+def _file_row(f: dict) -> str:
+    status = _STATUS_LETTER.get(f.get("status") or "modified", "M")
+    counts = " (binary)" if f.get("binary") else f" (+{f.get('additions', 0)} -{f.get('deletions', 0)})"
+    where = "" if f.get("uncommitted") else " [committed]"
+    return f"{status} {f['path']}{counts}{where}"
+
+
+def _branch_text(wc: dict) -> str:
+    n = len(wc.get("unmerged_commits") or [])
+    more = "+" if wc.get("unmerged_truncated") else ""
+    return f"{wc.get('branch') or '-'} ({n}{more} commit{'s' if n != 1 else ''} ahead)"
+
+
+def _files_text(wc: dict) -> str:
+    return (f"{len(wc.get('changed_files') or [])} changed, "
+            f"{len(wc.get('uncommitted_files') or [])} uncommitted")
+
+
+def _wait_for_refresh(ctx: Ctx, session_id: str, since: str, timeout: float = 3.0) -> dict | None:
+    """After a heartbeat: the session's context once the daemon re-read git (bounded wait)."""
+    import time
+
+    from thrum.events import parse_timestamp_ns
+
+    since_ns = parse_timestamp_ns(since)
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        found = _contexts(ctx, session_id=session_id)
+        wc = found[0] if found else None
+        checked = wc.get("git_checked_at") if wc else None
+        if wc is None or (checked and parse_timestamp_ns(checked) >= since_ns) or time.monotonic() > deadline:
+            return wc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+@command("who-has")
+def _setup_who_has(c: Commands) -> None:
+    p = c.add(c.sub, "who-has", "Which agents are changing a file (or anything under a directory)", cmd_who_has)
+    p.add_argument("file", metavar="FILE", help="a path: relative to here, absolute, or repo-relative")
+
+
+def cmd_who_has(ctx: Ctx) -> int:
+    raw = ctx.args.file
+    rel, _ = _repo_relative(raw)
+    candidates = [rel]
+    if not os.path.isabs(raw) and not os.path.exists(raw):
+        # Typed from a subdirectory as a repo-relative path? Ask for that too.
+        candidates.append(raw.strip("/").replace(os.sep, "/"))
+    seen, contexts = set(), []
+    for cand in dict.fromkeys(c for c in candidates if c):
+        for wc in _contexts(ctx, file=cand, match="exact"):
+            if wc["session_id"] not in seen:
+                seen.add(wc["session_id"])
+                contexts.append(wc)
+    shown = rel or raw
+
+    def human(r):
+        if not r["contexts"]:
+            return [f"No agents are currently editing {shown}"]
+        lines = []
+        for wc in r["contexts"]:
+            for path in wc.get("matched_files") or [shown]:
+                f = _file_change(wc, path)
+                if f:
+                    counts = "binary" if f.get("binary") else f"+{f.get('additions', 0)} -{f.get('deletions', 0)}"
+                    when = f", changed {ago(f['last_modified'])}" if f.get("last_modified") else ""
+                    state = "is editing" if f.get("uncommitted") else "changed (committed, not merged)"
+                    detail = f" ({counts}, {f.get('status', 'modified')}{when})"
+                else:
+                    state, detail = "is editing", ""
+                lines.append(f"@{wc['agent_id']} {state} {path}{detail}, branch: {wc.get('branch') or '-'}")
+            if wc.get("intent"):
+                lines.append(f"  Intent: {wc['intent']}")
+            if wc.get("worktree_path"):
+                lines.append(f"  Worktree: {wc['worktree_path']}")
+        return lines
+    ctx.emit({"file": shown, "contexts": contexts}, human)
+    return 0
+
+
+@command("ping")
+def _setup_ping(c: Commands) -> None:
+    p = c.add(c.sub, "ping", "Is an agent online? Its last heartbeat, intent, task and branch", cmd_ping)
+    p.add_argument("agent", metavar="AGENT", help="@name, display name or @role")
+
+
+def cmd_ping(ctx: Ctx) -> int:
+    query = ctx.args.agent.lstrip("@")
+    agents = ctx.call("agent.list", {})["agents"]
+    matches = [a for a in agents if a["agent_id"] == query or (a.get("display") and a["display"] == query)] \
+        or [a for a in agents if a["role"] == query]
+    if not matches:
+        import difflib
+
+        names = sorted({a["agent_id"] for a in agents} | {a["role"] for a in agents})
+        close = difflib.get_close_matches(query, names, n=3, cutoff=0.6)
+        raise CliError(f"@{query}: not found (no agent registered with this name or role)",
+                       f"Did you mean: {', '.join('@' + x for x in close)}?" if close
+                       else "See who is registered: thrum agent list", data={"query": query})
+    by_agent: dict[str, dict] = {}
+    for wc in _contexts(ctx):
+        by_agent.setdefault(wc["agent_id"], wc)
+    for a in matches:
+        if a["agent_id"] in by_agent:
+            a["work_context"] = by_agent[a["agent_id"]]
+
+    def human(r):
+        lines = []
+        for a in r["agents"]:
+            if a["status"] == "active":
+                lines.append(f"@{a['agent_id']}: active, last heartbeat {ago(a.get('last_seen_at', ''))}")
+            else:
+                lines.append(f"@{a['agent_id']}: offline (last seen {ago(a.get('last_seen_at', ''))})")
+            wc = a.get("work_context") or {}
+            for label, key in (("Intent", "intent"), ("Task", "current_task")):
+                if wc.get(key) or a.get(key):
+                    lines.append(f"  {label}: {wc.get(key) or a.get(key)}")
+            if wc.get("branch"):
+                lines.append(f"  Branch: {_branch_text(wc)}, files: {_files_text(wc)}")
+        return lines
+    ctx.emit({"query": query, "agents": matches}, human)
+    return 0
+
+
+def _context_table(contexts: list[dict]) -> list[str]:
+    import shutil
+
+    width = shutil.get_terminal_size((100, 24)).columns
+    cols = [("AGENT", 16), ("SESSION", 14), ("BRANCH", 22), ("COMMITS", 7), ("FILES", 5), ("INTENT", 0),
+            ("UPDATED", 10)]
+    fixed = sum(w for _, w in cols) + len(cols) - 1
+    intent_w = max(12, width - fixed)
+    rows = []
+    for wc in contexts:
+        rows.append([f"@{wc['agent_id']}", wc["session_id"][:14], wc.get("branch") or "-",
+                     str(len(wc.get("unmerged_commits") or [])), str(len(wc.get("changed_files") or [])),
+                     wc.get("intent") or "-", ago(wc["git_updated_at"]) if wc.get("git_updated_at") else "-"])
+
+    def fmt(values):
+        out = []
+        for (name, w), v in zip(cols, values):
+            w = w or intent_w
+            v = v if len(v) <= w else v[:w - 1] + "…"
+            out.append(v.rjust(w) if name in ("COMMITS", "FILES") else v.ljust(w))
+        return " ".join(out).rstrip()
+    header = fmt([name for name, _ in cols])
+    return [header, "-" * len(header)] + [fmt(r) for r in rows]
+
+
+def _show_contexts(ctx: Ctx, agent: str = "") -> int:
+    a = ctx.args  # `agent list --context` has no filters; `agent context` has them (--file: a substring)
+    contexts = _contexts(ctx, agent_id=agent or getattr(a, "agent_id", ""), branch=getattr(a, "branch", ""),
+                         file=getattr(a, "file", ""))
+    detail = bool(agent) and len(contexts) == 1
+
+    def human(r):
+        if not r["contexts"]:
+            return ["No active work contexts found.",
+                    "  Tip: contexts appear for sessions started with 'thrum session start' in a git checkout"]
+        if not detail:
+            return _context_table(r["contexts"])
+        wc = r["contexts"][0]
+        lines = [f"Agent: @{wc['agent_id']} ({wc['session_id']})", f"Branch: {wc.get('branch') or '-'}"]
+        if wc.get("worktree_path"):
+            lines.append(f"Worktree: {wc['worktree_path']}")
+        if wc.get("intent"):
+            lines.append(f"Intent: {wc['intent']} (set {ago(wc.get('intent_updated_at', ''))})")
+        if wc.get("current_task"):
+            lines.append(f"Task: {wc['current_task']} (set {ago(wc.get('task_updated_at', ''))})")
+        commits = wc.get("unmerged_commits") or []
+        lines.append(f"Unmerged Commits ({len(commits)}):")
+        lines += [f"  {c['sha'][:10]} {c['message']}" for c in commits[:20]]
+        lines.append(f"Changed Files (vs main): {len(wc.get('changed_files') or [])}")
+        lines += ["  " + _file_row(f) for f in (wc.get("file_changes") or [])[:40]]
+        lines.append(f"Uncommitted: {len(wc.get('uncommitted_files') or [])}")
+        if wc.get("git_updated_at"):
+            lines.append(f"Updated: {ago(wc['git_updated_at'])}")
+        return lines
+    ctx.emit({"contexts": contexts}, human)
+    return 0
+
+
+def cmd_agent_context(ctx: Ctx) -> int:
+    return _show_contexts(ctx, (ctx.args.target or "").lstrip("@"))
+
+
+def _setup_agent_coordination(c: Commands, g) -> None:
+    """`agent context` and `agent cleanup` (called from the agent group's setup)."""
+    p = c.add(g, "context", "Work contexts: branch, commits, changed files and intent of each session",
+              cmd_agent_context)
+    p.add_argument("target", metavar="AGENT", nargs="?", help="one agent (@name): show its details")
+    p.add_argument("--agent", dest="agent_id", default="", help="only this agent")
+    p.add_argument("--branch", default="", help="only sessions on this branch")
+    p.add_argument("--file", default="", help="only sessions changing this file")
+    p = c.add(g, "cleanup", "Find (and with --force delete) agents nothing refers to any more", cmd_agent_cleanup)
+    p.add_argument("--dry-run", action="store_true", help="list orphans, change nothing")
+    p.add_argument("--force", action="store_true", help="delete the orphans without asking")
+    p.add_argument("--threshold", type=int, default=30, metavar="DAYS",
+                   help="also count agents not seen for this many days (0: never; default 30)")
+
+
+def cmd_agent_cleanup(ctx: Ctx) -> int:
+    a = ctx.args
+    if a.dry_run and a.force:
+        raise UsageError("--dry-run and --force are mutually exclusive")
+    if a.threshold < 0:
+        raise UsageError("--threshold must be 0 or more days")
+    result = ctx.call("agent.cleanup", {"dry_run": a.dry_run, "threshold": a.threshold})
+    if result["orphans"] and not a.dry_run:
+        confirmed = a.force
+        if not confirmed and sys.stdin.isatty() and not ctx.json:
+            print("\n".join(_cleanup_lines(result, "Orphaned agents:")))
+            confirmed = input("Delete these orphaned agents? [y/N] ").strip().lower() in ("y", "yes")
+            if not confirmed:
+                print("Cleanup canceled.")
+                return 0
+        if confirmed:
+            result = ctx.call("agent.cleanup", {"force": True, "threshold": a.threshold})
+    title = "Orphaned agents (dry-run mode):" if a.dry_run else "Agent cleanup results:"
+    ctx.emit(result, lambda r: _cleanup_lines(r, title))
+    return 0
+
+
+def _cleanup_lines(r: dict, title: str) -> list[str]:
+    if not r["orphans"]:
+        lines = ["No orphaned agents found."]
+    else:
+        lines = [title, ""]
+        for o in r["orphans"]:
+            lines.append(f"Agent: {o['agent_id']} ({o['role']}, module: {o['module']})")
+            if o.get("worktree"):
+                lines.append(f"  Worktree:  {o['worktree']} [{'DELETED' if o['worktree_missing'] else 'exists'}]")
+            if o.get("branch"):
+                lines.append(f"  Branch:    {o['branch']} [{'DELETED' if o['branch_missing'] else 'exists'}]")
+            lines.append(f"  Last seen: {ago(o['last_seen_at']) if o.get('last_seen_at') else 'never'}")
+            lines.append(f"  Messages:  {o['message_count']}")
+            lines += [f"  Why:       {why}" for why in o["reasons"]]
+            lines.append("")
+        if r["deleted"]:
+            lines.append(f"✓ Deleted {len(r['deleted'])} orphaned agent(s): {', '.join(r['deleted'])}")
+        elif not r["dry_run"]:
+            lines.append("Nothing deleted. Run 'thrum agent cleanup --force' to delete them.")
+    if r.get("skipped_other_clones"):
+        lines.append(f"({r['skipped_other_clones']} agent(s) registered by other clones or machines were "
+                     "not considered)")
+    return lines
+
+
+@command("overview")
+def _setup_overview(c: Commands) -> None:
+    p = c.add(c.sub, "overview", "You, your team and your inbox at a glance", cmd_overview)
+    _name_flag(p)
+
+
+def cmd_overview(ctx: Ctx) -> int:
+    health = ctx.call("health")
+    data: dict = {"health": health}
+    ident = _optional_identity(ctx)
+    contexts = _contexts(ctx)
+    if ident is not None:
+        agent = _whoami(ctx, ident)
+        if agent is not None:
+            data["agent"] = agent
+            mine = [wc for wc in contexts if wc["agent_id"] == ident.name]
+            if mine:
+                data["work_context"] = mine[0]
+            data["inbox"] = _inbox_counts(ctx, ident)
+    data["team"] = [wc for wc in contexts if ident is None or wc["agent_id"] != ident.name]
+    port = _ws_port(ctx)
+    if port:
+        data["websocket_port"] = port
+
+    def human(d):
+        lines = []
+        a = d.get("agent")
+        if a is None:
+            lines.append("Not registered (use 'thrum quickstart --name NAME --role ROLE --module MODULE')")
+        else:
+            lines.append(f"You: @{a['agent_id']} ({a['role']} @ {a['module']})")
+            lines.append(f"Session: active (started {ago(a['session_start'])})" if a.get("session_id")
+                         else "Session: none (start one: thrum session start)")
+            wc = d.get("work_context") or {}
+            if wc.get("intent"):
+                lines.append(f"Intent: {wc['intent']}")
+            if wc.get("current_task"):
+                lines.append(f"Task: {wc['current_task']}")
+            if wc.get("branch"):
+                lines.append(f"Branch: {_branch_text(wc)}, files: {_files_text(wc)}")
+        lines += ["", f"Team ({len(d['team'])} other active session{'s' if len(d['team']) != 1 else ''}):"]
+        for wc in d["team"]:
+            bits = [f"  @{wc['agent_id']}", wc.get("branch") or "-", wc.get("intent") or "-",
+                    ago(wc.get("last_seen_at") or wc.get("session_start", ""))]
+            lines.append("  ".join(bits))
+        if not d["team"]:
+            lines.append("  (nobody else)")
+        if "inbox" in d:
+            i = d["inbox"]
+            lines += ["", f"Inbox: {i['unread']} unread ({i['total']} total)" if i["unread"]
+                      else f"Inbox: {i['total']} messages (all read)" if i["total"] else "Inbox: empty"]
+        h = d["health"]
+        lines.append(f"Sync: {h.get('sync_state', 'unknown')}")
+        lines.append(f"Daemon: ok (v{h['version']}, up {duration_text(h['uptime_ms'])})")
+        if d.get("websocket_port"):
+            lines.append(f"UI: http://127.0.0.1:{d['websocket_port']}")
+        return lines
+    ctx.emit(data, human)
+    return 0
+
+
+def _optional_identity(ctx: Ctx):
+    try:
+        return ctx.identity()
+    except CliError:
+        return None
+
+
+def _whoami(ctx: Ctx, ident) -> dict | None:
+    from thrum.rpc import RPCError
+
+    try:
+        return ctx.client().call("agent.whoami", {"caller_agent_id": ident.name})
+    except RPCError:
+        return None
+
+
+def _inbox_counts(ctx: Ctx, ident) -> dict:
+    inbox = ctx.call("message.list", {"for_agent": ident.name, "for_agent_role": ident.role,
+                                      "exclude_self": True, "caller_agent_id": ident.name, "page_size": 1})
+    return {"total": inbox["total"], "unread": inbox["unread"]}
+
+
+# -- context: per-agent notes that survive restarts and compaction ----------------------------------
+
+@command("context")
+def _setup_context(c: Commands) -> None:
+    g = c.group("context", "Save and show an agent's notes (kept in the main .thrum/context/)")
+    p = c.add(g, "save", "Save your notes (from --file, or stdin)", cmd_context_save)
+    p.add_argument("--file", default="", help="read the notes from this file ('-' = stdin)")
+    _context_agent_flag(p)
+    p = c.add(g, "show", "Show your notes, after your preamble", cmd_context_show, aliases=["load"])
+    p.add_argument("--raw", action="store_true", help="mark where the preamble ends (for tools)")
+    p.add_argument("--no-preamble", action="store_true", help="only the notes")
+    _context_agent_flag(p)
+    p = c.add(g, "clear", "Delete your notes", cmd_context_clear)
+    _context_agent_flag(p)
+    p = c.add(g, "sync", "Publish your notes to other clones (through the log)", cmd_context_sync)
+    _context_agent_flag(p)
+    p = c.add(g, "preamble", "Show or set the text shown before your notes", cmd_context_preamble)
+    p.add_argument("--init", action="store_true", help="write the default preamble")
+    p.add_argument("--file", default="", help="set the preamble from this file ('-' = stdin)")
+    _context_agent_flag(p)
+    p = c.add(g, "prime", "Everything an agent needs to (re)start: same as 'thrum prime'", cmd_prime)
+    _name_flag(p)
+
+
+def _context_agent_flag(p) -> None:
+    p.add_argument("--agent", default="", help="whose notes (default: your identity)")
+    _name_flag(p)
+
+
+def _context_name(ctx: Ctx) -> str:
+    from thrum.identity import InvalidName, validate_name
+
+    name = (ctx.args.agent or "").lstrip("@")
+    if not name:
+        return ctx.identity().name
+    try:
+        return validate_name(name, "context name")
+    except InvalidName as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _read_input(path: str, what: str) -> bytes:
+    if path and path != "-":
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    if sys.stdin.isatty():
+        print(f"Reading {what} from stdin (finish with Ctrl-D; use --file FILE to read a file)...",
+              file=sys.stderr)
+    return sys.stdin.buffer.read()
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text) -> str:
+    import base64
+
+    return base64.b64decode(text).decode("utf-8", "replace") if text else ""
+
+
+def cmd_context_save(ctx: Ctx) -> int:
+    name = _context_name(ctx)
+    data = _read_input(ctx.args.file, "context")
+    result = ctx.call("context.save", {"agent_name": name, "content": _b64(data)})
+    ctx.emit(result, [f"✓ Context saved for {name} ({result['size']} bytes)"])
+    return 0
+
+
+def cmd_context_show(ctx: Ctx) -> int:
+    name = _context_name(ctx)
+    r = ctx.call("context.show", {"agent_name": name, "include_preamble": not ctx.args.no_preamble})
+    content, preamble = _unb64(r.get("content")), _unb64(r.get("preamble"))
+    if ctx.json:
+        ctx.emit({**{k: v for k, v in r.items() if k not in ("content", "preamble")}, "content": content,
+                  "preamble": preamble if r.get("has_preamble") else None})
+        return 0
+    if not r["has_context"] and not preamble:
+        print(f"No context saved for {name}")
+        return 0
+    out = []
+    if ctx.args.raw:
+        if preamble:
+            out += [f"<!-- preamble: .thrum/context/{name}_preamble.md -->", preamble.rstrip(),
+                    "<!-- end preamble -->", ""]
+        out.append(content.rstrip())
+    else:
+        head = f"# Context for {name}"
+        if r["has_context"]:
+            src = ", synced from another clone" if r.get("source") == "sync" else ""
+            head += f" ({r['size']} bytes, updated {ago(r['updated_at'])}{src})"
+        out += [head, ""]
+        if preamble:
+            out += [preamble.rstrip(), ""]
+        out.append(content.rstrip() if r["has_context"] else "(no notes saved yet: thrum context save)")
+        if r.get("newer_synced_copy"):
+            out += ["", f"Note: another clone synced a newer copy ({ago(r['newer_synced_copy']['updated_at'])})."]
+    print("\n".join(out))
+    return 0
+
+
+def cmd_context_clear(ctx: Ctx) -> int:
+    name = _context_name(ctx)
+    result = ctx.call("context.clear", {"agent_name": name})
+    ctx.emit(result, [f"✓ Context cleared for {name}"])
+    return 0
+
+
+def cmd_context_sync(ctx: Ctx) -> int:
+    name = _context_name(ctx)
+    result = ctx.call("context.sync", {"agent_name": name})
+    lines = [("✓ " if result["synced"] else "") + result["message"]]
+    if result["synced"]:
+        lines.append("  Other clones receive it with the next sync (never in local-only mode).")
+    ctx.emit(result, lines)
+    return 0
+
+
+def cmd_context_preamble(ctx: Ctx) -> int:
+    name = _context_name(ctx)
+    if ctx.args.init or ctx.args.file:
+        params = {"agent_name": name}
+        if ctx.args.file:
+            params["content"] = _b64(_read_input(ctx.args.file, "preamble"))
+        result = ctx.call("context.preamble.save", params)
+        ctx.emit(result, [f"✓ Preamble saved for {name} ({result['size']} bytes)"])
+        return 0
+    r = ctx.call("context.preamble.show", {"agent_name": name})
+    text = _unb64(r.get("content"))
+    ctx.emit({"agent_name": name, "has_preamble": r["has_preamble"], "content": text if r["has_preamble"] else None},
+             [text.rstrip()] if r["has_preamble"] else [f"No preamble for {name} (use --init to create default)"])
+    return 0
+
+
+# -- prime: everything an agent needs after a start, restart or context compaction ---------------------
+
+@command("prime")
+def _setup_prime(c: Commands) -> None:
+    p = c.add(c.sub, "prime", "Identity, team, inbox, work context, notes and health in one view", cmd_prime)
+    _name_flag(p)
+
+
+_PRIME_COMMANDS = [
+    "  thrum inbox --unread           messages for you",
+    "  thrum reply MSG_ID \"text\"      answer a message",
+    "  thrum send \"text\" --to @name   message an agent, @role or @everyone",
+    "  thrum who-has FILE             who is changing a file",
+    "  thrum team                     what everyone is working on",
+    "  thrum session set-intent TEXT  tell the others what you are doing",
+    "  thrum context save --file F    leave notes for your next session",
+    "  thrum wait --timeout 10m       block until a message arrives",
+]
+
+
+def cmd_prime(ctx: Ctx) -> int:
+    from thrum.paths import NotInitialized, RedirectError, find_git_toplevel, resolve
+
+    try:
+        paths = resolve(ctx.args.repo)
+    except (NotInitialized, RedirectError) as exc:
+        data = {"initialized": False, "error": str(exc),
+                "instructions": ["thrum init", "thrum daemon start",
+                                 "thrum quickstart --name NAME --role ROLE --module MODULE"]}
+        ctx.emit(data, ["Thrum not initialized (run: thrum init && thrum daemon start)", "", "Commands:",
+                        "  thrum init                     set up thrum in this repository",
+                        "  thrum daemon start             start the repository's daemon",
+                        "  thrum quickstart --name NAME --role ROLE --module MODULE"])
+        return 0
+    ctx._paths = paths
+    top = find_git_toplevel(os.getcwd()) or paths.repo
+    data: dict = {"repo_path": top}
+    ident = _optional_identity(ctx)
+    if ident is not None:
+        data["identity"] = {"agent_id": ident.name, "role": ident.role, "module": ident.module,
+                            "display": ident.display}
+    try:
+        ctx.client()
+        up = True
+    except CliError:
+        up = False
+    if up:
+        _prime_from_daemon(ctx, data, ident)
+    else:
+        data["daemon"] = {"running": False, "hint": "thrum daemon start"}
+        if ident is not None:  # the notes are plain files: readable without the daemon
+            try:
+                with open(os.path.join(paths.context_dir, ident.name + ".md"), encoding="utf-8") as f:
+                    text = f.read()
+                data["context"] = {"size": len(text.encode()), "updated_at": "", "content": text[:4000],
+                                   "truncated": len(text) > 4000}
+            except OSError:
+                pass
+        try:
+            from thrum import gitctx
+
+            data["work_context"] = gitctx.read_context(top, timeout=3.0)
+        except Exception as exc:  # prime must never fail: it is what agents run first
+            data["work_context"] = {"error": str(exc)}
+    data.update(_prime_runtime(paths, top))
+    ctx.emit(data, lambda d: _prime_lines(d))
+    return 0
+
+
+def _prime_from_daemon(ctx: Ctx, data: dict, ident) -> None:
+    health = ctx.call("health")
+    data["daemon"] = {"running": True, "status": health.get("status"), "version": health.get("version"),
+                      "uptime_ms": health.get("uptime_ms"), "sync_state": health.get("sync_state")}
+    agents = ctx.call("agent.list", {"agents_only": True})["agents"]
+    contexts = _contexts(ctx)
+    data["agents"] = {"total": len(agents), "active": sum(a["status"] == "active" for a in agents),
+                      "list": [{k: a.get(k) for k in ("agent_id", "role", "module", "status", "intent", "branch")
+                                if a.get(k)} for a in agents if a["status"] == "active"][:30]}
+    if ident is None:
+        return
+    me = _whoami(ctx, ident)
+    if me is None:
+        data["identity"]["registered"] = False
+        return
+    if me.get("session_id"):
+        data["session"] = {"session_id": me["session_id"], "started_at": me.get("session_start", "")}
+    mine = [wc for wc in contexts if wc["agent_id"] == ident.name]
+    if mine:
+        data["work_context"] = mine[0]
+        for key in ("intent", "current_task"):
+            if mine[0].get(key) and "session" in data:
+                data["session"][key] = mine[0][key]
+    listing = ctx.call("message.list", {"for_agent": ident.name, "for_agent_role": ident.role, "exclude_self": True,
+                                        "caller_agent_id": ident.name, "unread": True, "page_size": 5})
+    counts = _inbox_counts(ctx, ident)
+    data["messages"] = {**counts, "recent": [
+        {"message_id": m["message_id"], "from": m["agent_id"], "priority": m.get("priority", "normal"),
+         "content": m["body"]["content"][:200]} for m in listing["messages"]]}
+    try:
+        notes = ctx.call("context.show", {"agent_name": ident.name, "include_preamble": False})
+    except CliError:  # e.g. a legacy name that cannot name a file; prime must still answer
+        notes = {}
+    if notes.get("has_context"):
+        text = _unb64(notes.get("content"))
+        data["context"] = {"size": notes["size"], "updated_at": notes.get("updated_at", ""),
+                           "content": text[:4000], "truncated": len(text) > 4000}
+
+
+def _prime_runtime(paths, top: str) -> dict:
+    from thrum import runtimes
+    from thrum.config import load_config
+
+    primary = ((load_config(paths.config).get("runtime") or {}).get("primary")) or ""
+    detected = runtimes.detect(top)
+    name = primary or (detected[0]["runtime"] if detected else "cli-only")
+    preset = runtimes.get_preset(name) or runtimes.PRESETS["cli-only"]
+    instructions = preset["instructions_file"] if preset["instructions_file"] and not \
+        preset["instructions_file"].startswith("~") else "CLAUDE.md"
+    path = os.path.join(top, instructions)
+    return {"runtime": name, "instructions": {"file": instructions, "has_thrum_section": runtimes.has_section(path)}}
+
+
+def _prime_lines(d: dict) -> list[str]:
+    lines = []
+    ident = d.get("identity")
+    if ident is None:
+        lines.append("Agent: no identity here (register: thrum quickstart --name NAME --role ROLE --module MODULE)")
+    else:
+        note = "" if ident.get("registered", True) else " — not registered with the daemon"
+        lines.append(f"Agent: @{ident['agent_id']} ({ident['role']} @ {ident['module']}){note}")
+    s = d.get("session")
+    daemon = d.get("daemon") or {}
+    if s:
+        lines.append(f"Session: {s['session_id']} (started {ago(s.get('started_at', ''))})")
+        if s.get("intent"):
+            lines.append(f"  Intent: {s['intent']}")
+        if s.get("current_task"):
+            lines.append(f"  Task: {s['current_task']}")
+    elif daemon.get("running") and ident:
+        lines.append("Session: none (start one: thrum session start)")
+    if "agents" in d:
+        a = d["agents"]
+        lines += ["", f"Team: {a['total']} agent{'s' if a['total'] != 1 else ''} ({a['active']} active)"]
+        for m in a["list"]:
+            if m.get("status") == "active":
+                extra = "".join(f", {m[k]}" for k in ("branch", "intent") if m.get(k))
+                lines.append(f"  @{m['agent_id']} ({m['role']} @ {m['module']}{extra})")
+    if "messages" in d:
+        m = d["messages"]
+        lines.append("")
+        if m["unread"]:
+            lines.append(f"Inbox: {m['unread']} unread ({m['total']} total) — process these before starting new work")
+            for r in m["recent"]:
+                text = " ".join(r["content"].split())
+                lines.append(f"  @{r['from']}: {text[:70]}{'…' if len(text) > 70 else ''}  ({r['message_id']})")
+        else:
+            lines.append(f"Inbox: {m['total']} messages (all read)" if m["total"] else "Inbox: empty")
+    wc = d.get("work_context")
+    lines.append("")
+    if not wc:
+        lines.append("Git: no work context yet (heartbeat to refresh: thrum session heartbeat)")
+    elif wc.get("error"):
+        lines.append(f"Git: {wc['error']}")
+    else:
+        lines.append(f"Branch: {_branch_text(wc)}")
+        lines.append(f"  Changed files: {len(wc.get('changed_files') or [])}")
+        lines.append(f"  Uncommitted files: {len(wc.get('uncommitted_files') or [])}")
+        lines += ["    " + _file_row(f) for f in (wc.get("file_changes") or [])[:15]]
+    c = d.get("context")
+    if c:
+        when = f", updated {ago(c['updated_at'])}" if c.get("updated_at") else ""
+        lines += ["", f"Your saved notes ({c['size']} bytes{when}):", c["content"].rstrip()]
+        if c.get("truncated"):
+            lines.append("  … (more: thrum context show)")
+    lines.append("")
+    if daemon.get("running"):
+        lines.append(f"Daemon: {daemon.get('status', 'ok')} (v{daemon.get('version')}), "
+                     f"up {duration_text(daemon.get('uptime_ms') or 0)}")
+        lines.append(f"  Sync: {daemon.get('sync_state', 'unknown')}")
+    else:
+        lines.append("Daemon: not running — start it with: thrum daemon start")
+        lines.append("  (messages, team and inbox need the daemon; the git context above was read directly)")
+    lines += ["", "Commands:"] + _PRIME_COMMANDS
+    inst = d.get("instructions") or {}
+    if inst and not inst.get("has_thrum_section"):
+        flag = "" if inst["file"] == "CLAUDE.md" else f" --file {inst['file']}"
+        lines += ["", f"Tip: Run 'thrum setup claude-md --apply{flag}' to add agent coordination instructions "
+                      f"to your {inst['file']}"]
+    return lines
+
+
+# -- setup: feature worktrees and agent instructions ---------------------------------------------------
+
+@command("setup")
+def _setup_setup(c: Commands) -> None:
+    p = c.add(c.sub, "setup", "Link this worktree to the main repository's thrum (or: setup claude-md)",
+              cmd_setup_worktree)
+    p.add_argument("--main-repo", default="", help="the main checkout (default: found through git)")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    w = c.add(sub, "worktree", "Link this worktree to the main repository's thrum", cmd_setup_worktree)
+    w.add_argument("--main-repo", default="", help="the main checkout (default: found through git)")
+    m = c.add(sub, "claude-md", "Print, or with --apply add, the thrum section of CLAUDE.md", cmd_setup_claude_md)
+    m.add_argument("--apply", action="store_true", help="write it into the file (default: print it)")
+    m.add_argument("--force", action="store_true", help="replace an existing thrum section")
+    m.add_argument("--file", default="CLAUDE.md", help="instructions file, relative to the repository root")
+
+
+def cmd_setup_worktree(ctx: Ctx) -> int:
+    from thrum import gitctx
+    from thrum.initialize import InitError, write_redirect
+    from thrum.paths import find_git_toplevel
+
+    root = find_git_toplevel(os.path.abspath(ctx.args.repo or os.getcwd()))
+    if root is None:
+        raise CliError("not inside a git checkout")
+    main = ctx.args.main_repo
+    if not main:
+        common = gitctx.git_common_dir(root)
+        if common is None or os.path.basename(os.path.normpath(common)) != ".git":
+            raise CliError("cannot find the main checkout of this repository", "Pass --main-repo PATH")
+        main = os.path.dirname(os.path.normpath(common))
+    main = os.path.abspath(main)
+    main_thrum = os.path.join(main, ".thrum")
+    if not os.path.isdir(main_thrum):
+        raise CliError("main repo not initialized — run 'thrum init' in the main repo first", f"Main repo: {main}")
+    try:
+        write_redirect(root, main_thrum)
+    except InitError as exc:
+        raise CliError(str(exc), "Run this in a feature worktree (or pass --main-repo)") from None
+    from thrum.daemon import socket_answers
+
+    connected = socket_answers(os.path.join(main_thrum, "var", "thrum.sock"))
+    data = {"worktree": root, "main_repo": main, "redirect": main_thrum, "daemon_running": connected}
+    ctx.emit(data, [f"  Redirect: .thrum/redirect → {main_thrum}",
+                    "  Created: .thrum/identities/ (local to this worktree)",
+                    "Connected to daemon" if connected else "Daemon not running — start it with: thrum daemon start",
+                    "✓ Thrum worktree setup complete"])
+    return 0
+
+
+def cmd_setup_claude_md(ctx: Ctx) -> int:
+    from thrum import runtimes
+    from thrum.identity import atomic_write
+    from thrum.paths import find_git_toplevel
+
+    section = runtimes.instructions_section()
+    if not ctx.args.apply:
+        if ctx.json:
+            ctx.emit({"section": section})
+        else:
+            sys.stdout.write(section)
+        return 0
+    rel = ctx.args.file
+    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise UsageError("--file must be a path inside the repository")
+    root = find_git_toplevel(os.path.abspath(ctx.args.repo or os.getcwd())) or os.getcwd()
+    path = os.path.join(root, rel)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        text, mode = "", 0o644
+    new, action = runtimes.apply_section(text, section, force=ctx.args.force)
+    if action != "skipped":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, new.encode(), mode)
+    data = {"path": path, "action": action}
+    if ctx.json:
+        ctx.emit(data)
+    elif action == "skipped":
+        print("Skipped: Thrum section already exists (use --force to overwrite)", file=sys.stderr)
+    elif not ctx.quiet:
+        print(f"✓ Thrum section written to {path}", file=sys.stderr)
+    return 0
+
+
+# -- runtimes --------------------------------------------------------------------------------------
+
+@command("runtime")
+def _setup_runtime(c: Commands) -> None:
+    g = c.group("runtime", "Agent runtime presets (Claude Code, Codex, Cursor, …)")
+    c.add(g, "list", "List runtime presets and the default", cmd_runtime_list)
+    p = c.add(g, "show", "Show one preset", cmd_runtime_show)
+    p.add_argument("runtime", metavar="NAME")
+    p = c.add(g, "set-default", "Use this runtime by default (init, quickstart, prime)", cmd_runtime_set_default)
+    p.add_argument("runtime", metavar="NAME")
+
+
+def _default_runtime(ctx: Ctx) -> str:
+    from thrum.config import load_config
+
+    try:
+        return (load_config(ctx.paths.config).get("runtime") or {}).get("primary") or ""
+    except CliError:
+        return ""
+
+
+def cmd_runtime_list(ctx: Ctx) -> int:
+    from thrum import runtimes
+
+    presets = runtimes.load_presets()
+    default = _default_runtime(ctx)
+    data = {"presets": [presets[k] for k in sorted(presets)]}
+    if default:
+        data["default_runtime"] = default
+
+    def flags(pr):
+        if pr["mcp_supported"] and pr["hooks_supported"]:
+            return "MCP ✓, Hooks ✓"
+        return "MCP ✓" if pr["mcp_supported"] else "CLI-only"
+
+    def human(d):
+        lines = ["Built-in Runtimes:"]
+        lines += [f"  {p['name']:<10} {p['display_name']} ({flags(p)})" for p in d["presets"] if p["builtin"]]
+        custom = [p for p in d["presets"] if not p["builtin"]]
+        if custom:
+            lines += ["", "Custom Runtimes:"] + [f"  {p['name']:<10} {p['display_name']} ({flags(p)})"
+                                                for p in custom]
+        lines += ["", f"Default: {d.get('default_runtime') or '(none set; detected at init)'}"]
+        return lines
+    ctx.emit(data, human)
+    return 0
+
+
+def _preset_or_fail(name: str) -> dict:
+    from thrum import runtimes
+
+    preset = runtimes.get_preset(name)
+    if preset is None:
+        raise CliError(f"runtime preset \"{name}\" not found",
+                       "Known: " + ", ".join(sorted(runtimes.load_presets())))
+    return preset
+
+
+def cmd_runtime_show(ctx: Ctx) -> int:
+    p = _preset_or_fail(ctx.args.runtime)
+    rows = [("Name:", p["name"]), ("Display Name:", p["display_name"]), ("Command:", p["command"]),
+            ("MCP Supported:", str(p["mcp_supported"]).lower()), ("Hooks Supported:", str(p["hooks_supported"]).lower()),
+            ("Instructions:", p["instructions_file"] or "-"), ("MCP Config:", p["mcp_config_path"] or "-"),
+            ("Setup Notes:", p["setup_notes"] or "-")]
+    ctx.emit({k: v for k, v in p.items() if k != "builtin"}, [f"{k:<17} {v}" for k, v in rows])
+    return 0
+
+
+def cmd_runtime_set_default(ctx: Ctx) -> int:
+    from thrum.config import load_config, save_config
+
+    p = _preset_or_fail(ctx.args.runtime)
+    data = load_config(ctx.paths.config)
+    runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    runtime["primary"] = p["name"]
+    data["runtime"] = runtime
+    save_config(ctx.paths.config, data)
+    ctx.emit({"default_runtime": p["name"], "config_file": ctx.paths.config},
+             [f"✓ Default runtime set to: {p['name']}"])
+    return 0
+
+
+def _choose_runtime(ctx: Ctx, root: str, explicit: str, *, prompt: bool) -> tuple[str, list[dict], str]:
+    """(runtime, detected, how): --runtime > the configured default > detection > cli-only."""
+    from thrum import runtimes
+
+    detected = runtimes.detect(root)
+    if explicit:
+        if explicit not in runtimes.RUNTIME_CHOICES and runtimes.get_preset(explicit) is None:
+            raise UsageError(f"unknown runtime \"{explicit}\"; supported: {', '.join(runtimes.RUNTIME_CHOICES)}")
+        return explicit, detected, "flag"
+    configured = _default_runtime(ctx) if os.path.isdir(os.path.join(root, ".thrum")) else ""
+    if configured:
+        return configured, detected, "config"
+    if not detected:
+        return "cli-only", detected, "none"
+    if prompt and len(detected) > 1 and sys.stdin.isatty() and not ctx.quiet and not ctx.json:
+        print("Detected AI runtimes:")
+        for i, d in enumerate(detected, 1):
+            print(f"  {i}. {runtimes.PRESETS[d['runtime']]['display_name']:<16} ({d['evidence']})")
+        answer = input("Which is your primary runtime? [1]: ").strip() or "1"
+        if not answer.isdigit() or not 1 <= int(answer) <= len(detected):
+            raise UsageError(f"invalid selection \"{answer}\"; enter a number 1-{len(detected)}")
+        return detected[int(answer) - 1]["runtime"], detected, "chosen"
+    return detected[0]["runtime"], detected, "detected"
+
+
+def _runtime_files(ctx: Ctx, root: str, runtime: str, *, force: bool, dry_run: bool, name: str = "",
+                   role: str = "", module: str = "") -> dict:
+    from thrum import runtimes
+
+    for value, what in ((name, "name"), (role, "role"), (module, "module")):
+        if value and not set(value) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-"):
+            raise UsageError(f"invalid agent {what} \"{value}\": must contain only lowercase alphanumeric, "
+                             "underscore, or hyphen")
+    plan = runtimes.plan_files(root, runtime, force=force, name=name, role=role or "implementer",
+                               module=module or "main")
+    if not dry_run:
+        runtimes.write_files(root, plan)
+    return {"runtime": runtime, "dry_run": dry_run,
+            "files": [{k: v for k, v in item.items() if k not in ("content", "mode")} for item in plan]}
+
+
+def _runtime_file_lines(result: dict) -> list[str]:
+    if result["dry_run"]:
+        return [f"Dry run for runtime: {result['runtime']}", "", "Would create/update:"] + [
+            f"  {'skip' if f['action'] == 'skip' else f['action']} {f['path']}" for f in result["files"]]
+    lines = [f"Runtime: {result['runtime']}", ""]
+    for f in result["files"]:
+        lines.append(f"  SKIP {f['path']} ({f['skip_reason']})" if f["action"] == "skip" else f"  ✓ {f['path']}")
+    return lines
+
+
+def _save_runtime(ctx: Ctx, runtime: str) -> None:
+    from thrum.config import load_config, save_config
+
+    data = load_config(ctx.paths.config)
+    section = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    if section.get("primary") != runtime:
+        section["primary"] = runtime
+        data["runtime"] = section
+        save_config(ctx.paths.config, data)
 
 
 # == MCP: `mcp serve` =====================================================================

@@ -33,7 +33,7 @@ import traceback
 from thrum import __version__
 from thrum.events import now_timestamp
 from thrum.rpc import (
-    InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
+    Deferred, InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
     decode_request, encode_error, encode_notification, encode_response, request_id_of, MAX_LINE,
 )
 
@@ -101,6 +101,9 @@ class Loop:
 
     def add_reader(self, fileobj, callback) -> None:
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def add_writer(self, fileobj, callback) -> None:
+        self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
 
     def modify(self, fileobj, events: int, callback) -> None:
         self.selector.modify(fileobj, events, callback)
@@ -172,16 +175,38 @@ class _Child:
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin_data is not None
                                      else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      close_fds=True, start_new_session=True)
+        self._stdin = None
         if stdin_data is not None:
-            try:  # small inputs only (a pipe buffer); larger ones would need a writer
-                self.proc.stdin.write(stdin_data)
-            except BrokenPipeError:
-                pass
-            self.proc.stdin.close()
+            # Fed by the loop as the pipe drains: a blocking write of more than a pipe
+            # buffer would stall the loop, or deadlock with a child blocked on stdout.
+            self._stdin = memoryview(stdin_data)
+            os.set_blocking(self.proc.stdin.fileno(), False)
+            loop.add_writer(self.proc.stdin, lambda mask: self._write())
         for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
             os.set_blocking(pipe.fileno(), False)
             loop.add_reader(pipe, lambda mask, p=pipe, b=buf: self._read(p, b))
         self.timer = loop.call_later(timeout, self._timeout)
+
+    def _write(self) -> None:
+        try:
+            while self._stdin:
+                written = os.write(self.proc.stdin.fileno(), self._stdin[:READ_CHUNK])
+                self._stdin = self._stdin[written:]
+        except BlockingIOError:
+            return
+        except OSError:  # the child stopped reading (exited or closed stdin)
+            pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin is None:
+            return
+        self._stdin = None
+        self.loop.remove(self.proc.stdin)
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
 
     def _read(self, pipe, buf: bytearray) -> None:
         try:
@@ -215,6 +240,7 @@ class _Child:
         if self.done:
             return
         self.done = True
+        self._close_stdin()
         Loop.cancel(self.timer)
         self.on_done(code, bytes(self.out), bytes(self.err))
 
@@ -255,7 +281,7 @@ class Connection:
             if isinstance(item, Oversized):
                 self.daemon.enqueue(self, Ready(encode_error(None, TooLarge(
                     f"request line of {item.size} bytes is larger than the {MAX_LINE}-byte limit"))))
-            elif item.strip():
+            else:  # an empty line too: it gets -32700 like any other non-JSON line (docs/rpc.md)
                 self.daemon.enqueue(self, item)
 
     def send(self, data: bytes) -> None:
@@ -392,7 +418,15 @@ class Daemon:
             moved = sync.ensure_worktree(info.toplevel, sync_dir)
             if moved:
                 log.warning("the sync worktree was broken; the old copy is kept at %s", moved)
+        from thrum import migrate
+
         self.store = make_store(self.paths, sync_dir, self.components)
+        if migrate.needs_import(self.paths, sync_dir):
+            # A Go-written (or older) .thrum/: import it before the projection opens, so its data
+            # shows and the Go database (its read markers) is not replaced by a rebuild. A crashed
+            # daemon's journal goes first, as in `thrum migrate`.
+            self.store.log.recover()
+            log.warning("imported an older or Go-written layout: %s", migrate.import_all(self.paths, sync_dir))
         origin = self.store.origin_daemon
         result = self.store.open()
         if result["rebuilt"]:
@@ -609,6 +643,12 @@ class Daemon:
                     raise
             else:
                 result = method.fn(Params(req.params), ctx)
+            if isinstance(result, Deferred):  # answered later, when the handler's work is done
+                if not req.is_notification:
+                    rid = req.id
+                    result.bind(lambda ok, value: conn.send(
+                        encode_response(rid, value) if ok else encode_error(rid, value)))
+                return None, bool(method.writes)
             reply = encode_response(req.id, result)
         except ThrumError as err:
             reply = encode_error(req.id, err)
@@ -678,14 +718,23 @@ def setup_logging(paths, foreground: bool) -> None:
     handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=5 * 1024 * 1024, backupCount=2)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-    if foreground:
+    if foreground and not _is_file(sys.stderr, paths.log):  # `start` sends our stderr to the log already
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(fmt)
         root.addHandler(stream)
 
 
+def _is_file(stream, path: str) -> bool:
+    try:
+        a, b = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def run_daemon(paths, *, foreground: bool = False) -> int:
     """The body of `thrum daemon run`. Returns the process exit code."""
+    paths = paths.for_daemon()
     setup_logging(paths, foreground)
     daemon = Daemon(paths, foreground=foreground)
     for factory in _component_factories():
@@ -786,6 +835,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     """Spawn `thrum daemon run` detached and wait until it answers `health`."""
     from thrum.rpc import Client, DaemonUnavailable, RPCError
 
+    paths = paths.for_daemon()
     if lock_is_held(paths):
         info = read_pid_file(paths)
         raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "
@@ -821,7 +871,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
 
 
 def stop_daemon(paths, *, timeout: float = 10.0) -> dict:
-    """SIGTERM the daemon holding the lock and wait for the lock to be released."""
+    """SIGTERM the daemon holding the lock; wait until the lock is released and the process is gone."""
     if not lock_is_held(paths):
         raise StartError("daemon is not running")
     info = read_pid_file(paths)
@@ -835,8 +885,24 @@ def stop_daemon(paths, *, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     delay = 0.005
     while time.monotonic() < deadline:
-        if not lock_is_held(paths):
+        # The lock goes first; "stopped" also means the process has exited (it still
+        # tears down its interpreter after releasing the lock).
+        if not lock_is_held(paths) and _exited(pid):
             return {"pid": pid, "stopped": True}
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     raise StartError(f"timeout waiting for daemon to stop (PID {pid} still running)")
+
+
+def _exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie (no parent reaps it in some containers) has exited too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False

@@ -34,7 +34,10 @@ class EventError(ValueError):
 
 def encode_line(event: dict) -> bytes:
     """Return the canonical, newline-terminated bytes of one event."""
-    text = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:  # NaN and Infinity are not JSON: Go could not read the line
+        text = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise EventError(str(exc)) from None
     if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
         for raw, escaped in _GO_ESCAPES:
             text = text.replace(raw, escaped)
@@ -90,7 +93,7 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 def parse_timestamp_ns(text: str) -> int:
     """Parse an RFC3339 timestamp (any fraction length, Z or offset) to ns since the epoch."""
     try:
-        if len(text) < 20 or text[4] != "-" or text[10] not in "Tt ":
+        if not isinstance(text, str) or len(text) < 20 or text[4] != "-" or text[10] not in "Tt ":
             raise ValueError
         y, mo, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
         h, mi, s = int(text[11:13]), int(text[14:16]), int(text[17:19])

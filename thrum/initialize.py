@@ -56,11 +56,13 @@ def init_repo(path: str, *, force: bool = False, dry_run: bool = False) -> dict:
         config_path = os.path.join(thrum_dir, "config.json")
         if not os.path.exists(config_path):
             save_config(config_path, {"daemon": {"sync_interval": 60}})
-        how = sync.ensure_sync_branch(root)
+        notes: list[str] = []
+        how = sync.ensure_sync_branch(root, notes=notes)
         if how == "created":
             actions.append(f"Created: {sync.SYNC_BRANCH} branch for message sync")
         elif how == "remote":
             actions.append(f"Adopted: {sync.SYNC_BRANCH} branch from origin (shared history)")
+        actions += [f"Note: {n}" for n in notes]
         moved = sync.ensure_worktree(root, info.sync_dir)
         if moved:
             from thrum.migrate import union_import

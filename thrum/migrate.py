@@ -23,7 +23,7 @@ from thrum.events import (
 )
 from thrum.store import EVENTS_FILE, MESSAGES_DIR
 
-__all__ = ["run", "union_import", "MigrateError", "terminal_progress"]
+__all__ = ["run", "union_import", "import_all", "needs_import", "MigrateError", "terminal_progress"]
 
 # Types only the Go test generator wrote; they are imported under their real names.
 _FIXTURE_TYPES = {"session.start": "agent.session.start", "session.end": "agent.session.end"}
@@ -197,7 +197,7 @@ def run(paths, *, rebuild_only: bool = False, progress=None) -> dict:
         store.log.repair_torn_tails()
         result: dict = {}
         if not rebuild_only:
-            result.update(_import_all(paths, info.sync_dir))
+            result.update(import_all(paths, info.sync_dir))
         started = time.monotonic()
         events = store.rebuild(progress=progress)
         stats = store.stats()
@@ -210,7 +210,17 @@ def run(paths, *, rebuild_only: bool = False, progress=None) -> dict:
         os.close(lock_fd)
 
 
-def _import_all(paths, sync_dir: str) -> dict:
+def needs_import(paths, sync_dir: str) -> bool:
+    """True when an older or Go-written layout waits to be imported (checked at every daemon start)."""
+    for root in (paths.thrum, os.path.join(paths.thrum, "sync")):
+        if _line_files(root) and os.path.realpath(root) != os.path.realpath(sync_dir):
+            return True
+    return os.path.isfile(os.path.join(sync_dir, "messages.jsonl")) or (
+        os.path.isfile(paths.db) and _is_go_db(paths.db))
+
+
+def import_all(paths, sync_dir: str) -> dict:
+    """Import every older source into the sync worktree. The caller holds the daemon lock."""
     sources = []
     totals = {"added": 0, "skipped": 0, "bad": 0}
     qdir = os.path.join(paths.var, "quarantine")

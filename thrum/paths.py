@@ -22,11 +22,17 @@ class NotInitialized(Exception):
 
 
 def find_repo_root(start: str) -> str | None:
-    """The nearest directory at or above `start` that contains `.thrum/`."""
+    """The nearest directory at or above `start` that contains `.thrum/`, within one git checkout.
+
+    The walk stops at a checkout's top (a `.git` dir or file): a linked worktree nested
+    inside the main checkout must never borrow the main checkout's identities.
+    """
     path = os.path.abspath(start)
     while True:
         if os.path.isdir(os.path.join(path, THRUM_DIR)):
             return path
+        if os.path.exists(os.path.join(path, ".git")):
+            return None
         parent = os.path.dirname(path)
         if parent == path:
             return None
@@ -83,6 +89,10 @@ class ThrumPaths:
     @property
     def redirected(self) -> bool:
         return self.local != self.thrum
+
+    def for_daemon(self) -> "ThrumPaths":
+        """The main checkout's paths: one daemon serves every worktree, whichever one starts it."""
+        return self if not self.redirected else ThrumPaths(self.main_repo, self.thrum, self.thrum)
 
     @property
     def socket(self) -> str:

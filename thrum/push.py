@@ -580,7 +580,7 @@ class Push:
         if not any(lst.events for lst in self.listeners.values()):
             return
         try:
-            status = dict(self.service.sync_status())
+            status = dict(getattr(self.service, "sync_details", self.service.sync_status)())
         except Exception:
             log.exception("sync status failed")
             return

@@ -29,7 +29,7 @@ __all__ = [
     "ThrumError", "ParseError", "InvalidRequest", "MethodNotFound", "InvalidParams",
     "InternalError", "NotFound", "PermissionDenied", "Conflict", "NoSession", "TooLarge",
     "StorageError", "RPCError", "DaemonUnavailable", "MAX_LINE", "LineFramer", "Request",
-    "decode_request", "encode_response", "encode_error", "Params", "Registry", "Client",
+    "decode_request", "encode_response", "encode_error", "Params", "Registry", "Client", "Deferred",
 ]
 
 MAX_LINE = 1024 * 1024  # one request line; larger lines get TooLarge and are discarded
@@ -178,7 +178,7 @@ def decode_request(line: bytes | str) -> Request:
     if not line:
         raise ParseError("Parse error", "empty line")
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError("Parse error", str(exc)[:200]) from None
     if isinstance(obj, list):
@@ -199,6 +199,28 @@ def decode_request(line: bytes | str) -> Request:
     elif not isinstance(params, dict):
         raise _with_id(InvalidParams("params must be an object"), rid)
     return Request(rid, method, params)
+
+
+# Python's json accepts NaN and Infinity and turns 1e999 into inf; none of them is JSON,
+# Go cannot read them back, and echoing one (as an id) would make the reply invalid JSON.
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"number out of range: {text[:40]}") from None
+    return value
 
 
 def _with_id(err: ThrumError, rid: object) -> ThrumError:
@@ -346,8 +368,46 @@ class Method:
 ALL_TRANSPORTS = frozenset({"unix", "ws"})
 
 
+class Deferred:
+    """A handler's promise to answer later (e.g. `sync.force` with `wait`).
+
+    A handler returns one instead of a dict; the daemon binds it to the request and
+    sends the reply when `resolve(result)` or `fail(error)` is called (once; later
+    calls are ignored). Replies of other requests on the same connection are not
+    held back behind it.
+    """
+
+    __slots__ = ("_deliver", "_outcome", "_done")
+
+    def __init__(self) -> None:
+        self._deliver = None
+        self._outcome = None
+        self._done = False
+
+    def bind(self, deliver) -> None:
+        """deliver(ok: bool, value) sends the reply; called at most once."""
+        self._deliver = deliver
+        if self._outcome is not None and not self._done:
+            self._done = True
+            deliver(*self._outcome)
+
+    def resolve(self, result: dict) -> None:
+        self._settle(True, result)
+
+    def fail(self, error: "ThrumError") -> None:
+        self._settle(False, error)
+
+    def _settle(self, ok: bool, value) -> None:
+        if self._done or self._outcome is not None:
+            return
+        self._outcome = (ok, value)
+        if self._deliver is not None:
+            self._done = True
+            self._deliver(ok, value)
+
+
 class Registry:
-    """Method name -> handler. A handler takes (Params, context) and returns a dict."""
+    """Method name -> handler. A handler takes (Params, context) and returns a dict (or a Deferred)."""
 
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}

@@ -367,7 +367,6 @@ class Service:
             self.store.projection.merge_work_context(agent_id, {"session_id": sid, "worktree_path": worktree,
                                                                 "git_updated_at": ""})
             self.db.execute("UPDATE work_contexts SET worktree_path=? WHERE session_id=?", (worktree, sid))
-        self.db.execute("UPDATE agents SET last_seen_at=? WHERE agent_id=?", (event["timestamp"], agent_id))
         return {"session_id": sid, "agent_id": agent_id, "started_at": event["timestamp"]}
 
     def session_end(self, p: Params, ctx: CallContext) -> dict:

@@ -263,9 +263,23 @@ class EventLog:
                               if _event_id_of(ln) not in present]
                     os.lseek(fd, size, os.SEEK_SET)
                 else:
-                    os.ftruncate(fd, offset)
-                    os.lseek(fd, offset, os.SEEK_SET)
-                    chunks = data[rel]
+                    tail = os.pread(fd, size - offset, offset)
+                    journaled = b"".join(data[rel])
+                    if tail.startswith(journaled):
+                        # The lines are there (the process died, not the machine): nothing to
+                        # redo, and whatever another writer appended since stays.
+                        chunks = []
+                    else:
+                        # Past its durable size the file is not what was acknowledged (power
+                        # loss): redo the journaled lines, keep a copy of what was there, and
+                        # keep other writers' complete events after them.
+                        if tail:
+                            self.quarantine(rel, tail, "recovered")
+                        ids = _event_ids(journaled) | {None}
+                        chunks = data[rel] + [ln + b"\n" for ln in tail.split(b"\n")[:-1]
+                                              if _event_id_of(ln) not in ids]
+                        os.ftruncate(fd, offset)
+                os.lseek(fd, 0, os.SEEK_END)
                 os.write(fd, b"".join(chunks))
                 os.fsync(fd)
             finally:
@@ -547,21 +561,56 @@ class Projection:
             "session.end", "group.create", "group.update", "group.delete", "group.member.add",
             "group.member.remove"})
 
-    def apply(self, event: dict, ns: int | None = None) -> bool:
+    def apply(self, event: dict, ns: int | None = None, *, guard: bool = False) -> bool:
         """Apply one event unless it was applied before. Returns True when it was new.
 
         `ns` is the event's instant when the caller already knows it (saves a parse).
+        With `guard` (lines read back from the log or merged from another clone, which
+        no one validated), an event its applier cannot take is rolled back, recorded
+        in `bad_lines` and skipped: it stays in the log and stops nothing else.
         """
         cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
         if cur.rowcount == 0:
             return False
         etype = event["type"]
         fn = self.appliers.get(etype)
-        if fn is not None:  # unknown types stay in the log and are skipped here
+        if fn is None:  # unknown types stay in the log and are skipped here
+            return True
+        if not guard:
             fn(event, order_key(event)[0] if ns is None else ns)
-            if etype in self._versioned:
-                self.version += 1
+        else:
+            self.db.execute("SAVEPOINT apply_one")
+            try:
+                fn(event, order_key(event)[0] if ns is None else ns)
+            except Exception as exc:
+                self.db.execute("ROLLBACK TO apply_one")
+                self.db.execute("INSERT OR REPLACE INTO bad_lines VALUES (?,?,?,?)",
+                                (f"event {event['event_id']}", 0, f"cannot apply {etype}: {type(exc).__name__}: {exc}",
+                                 json.dumps(event, ensure_ascii=False)[:200]))
+                log.warning("skipped %s %s: %s", etype, event["event_id"], exc)
+                return True
+            finally:
+                self.db.execute("RELEASE apply_one")
+        if etype in self._versioned:
+            self.version += 1
         return True
+
+    def apply_all(self, events: list) -> list:
+        """Apply events from the log or another clone; returns those that were new.
+
+        The fast path has no per-event savepoint; if an applier raises, the whole
+        batch is rolled back and applied again with `guard`, so the event that
+        cannot be taken is skipped and recorded and every other one is applied.
+        """
+        self.db.execute("SAVEPOINT apply_all")
+        try:
+            new = [e for e in events if self.apply(e)]
+        except Exception:
+            self.db.execute("ROLLBACK TO apply_all")
+            new = [e for e in events if self.apply(e, guard=True)]
+        finally:
+            self.db.execute("RELEASE apply_all")
+        return new
 
     # agents and sessions
 
@@ -588,6 +637,11 @@ class Projection:
             "INSERT OR IGNORE INTO sessions(session_id, agent_id, started_at, started_ns, last_seen_at,"
             " origin_daemon) VALUES (?,?,?,?,?,?)",
             (sid, agent_id, e.get("timestamp", ""), ns, e.get("timestamp", ""), e.get("origin_daemon") or ""))
+        # Starting a session is when an agent was last seen: derived from the log here (not
+        # set by the RPC handler) so a rebuild reproduces it.
+        row = self.db.execute("SELECT last_seen_at FROM agents WHERE agent_id=?", (agent_id,)).fetchone()
+        if row is not None and _newer(e.get("timestamp", ""), row[0]):
+            self.db.execute("UPDATE agents SET last_seen_at=? WHERE agent_id=?", (e.get("timestamp", ""), agent_id))
 
     def _session_end(self, e: dict, ns: int) -> None:
         self.db.execute("UPDATE sessions SET ended_at=?, end_reason=? WHERE session_id=? AND ended_at=''",
@@ -848,10 +902,10 @@ class Store:
                 progress("reading", i + 1, len(files))
         events.sort(key=lambda item: item[0])
         total = len(events)
-        for i, (_, event) in enumerate(events):
-            proj.apply(event)
-            if progress and (i % 2000 == 1999 or i == total - 1):
-                progress("applying", i + 1, total)
+        for start in range(0, total, 2000):
+            proj.apply_all([event for _, event in events[start:start + 2000]])
+            if progress:
+                progress("applying", min(total, start + 2000), total)
         for rel, (end, tail) in ends.items():
             conn.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
         conn.execute("COMMIT")
@@ -889,7 +943,7 @@ class Store:
                 if lines:
                     ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n")
             pending.sort(key=lambda item: item[0])
-            applied = sum(1 for _, event in pending if self.projection.apply(event))
+            applied = len(self.projection.apply_all([event for _, event in pending]))
             for rel, (end, tail) in ends.items():
                 db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
             db.execute("COMMIT")
@@ -1014,7 +1068,7 @@ class Store:
                 event["event_id"] = derived_event_id(event)
             events.append(event)
         events.sort(key=order_key)
-        new = [e for e in events if self.projection.apply(e)]
+        new = self.projection.apply_all(events)
         self._batch_events.extend(new)
         return new
 

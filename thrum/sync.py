@@ -1,9 +1,14 @@
-"""The `a-sync` branch, its worktree, and the git calls that maintain them.
+"""Git sync: the `a-sync` branch, its worktree, and the loop that syncs it with `origin`.
 
 Git is always run as an argument list with a timeout, `GIT_TERMINAL_PROMPT=0`, a
-pinned committer identity, no hooks, no signing, and never on the user's index,
-worktree or HEAD. Branch writes go through `update-ref` with the expected old
+pinned identity, no hooks, no signing, and never on the user's index, worktree,
+HEAD or FETCH_HEAD. Branch writes go through `update-ref` with the expected old
 value, so two writers racing on the ref fail loudly instead of losing a commit.
+
+`init` and daemon start-up use the blocking helpers at the top (`git`,
+`ensure_sync_branch`, `ensure_worktree`). After start-up every git call of the
+daemon runs through its loop (`SyncLoop`, below): a round is a generator that
+yields git calls and is resumed with their results.
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ import subprocess
 
 __all__ = [
     "GitError", "git", "git_env", "repo_info", "sync_dir_for", "ensure_sync_branch", "ensure_worktree",
-    "SYNC_BRANCH", "EMPTY_INIT_MESSAGE",
+    "SYNC_BRANCH", "EMPTY_INIT_MESSAGE", "SyncError", "SyncLoop", "make_component", "run_blocking",
 ]
 
 SYNC_BRANCH = "a-sync"
 SYNC_REF = "refs/heads/a-sync"
 EMPTY_INIT_MESSAGE = "Initialize Thrum sync data"
 IDENTITY = ("thrum", "thrum@localhost")
+ROOT_DATE = "1767225600 +0000"  # 2026-01-01T00:00:00Z: the date of every a-sync root commit
 DEFAULT_TIMEOUT = 10.0
+FETCH_TIMEOUT = 60.0  # network calls (fetch, push)
 
 
 class GitError(Exception):
@@ -34,10 +41,13 @@ class GitError(Exception):
 
 def git_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR"):
-        env.pop(key, None)  # a caller's git hook environment must not redirect our calls
+    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_AUTHOR_DATE",
+                "GIT_COMMITTER_DATE"):
+        env.pop(key, None)  # a caller's git hook or rebase environment must not redirect or date our calls
     env.update({
         "GIT_TERMINAL_PROMPT": "0",
+        "SSH_ASKPASS_REQUIRE": "never",  # no passphrase dialogs from a daemon (ssh has no tty here)
         "GIT_ASKPASS": "/bin/true" if os.path.exists("/bin/true") else "true",
         "GIT_AUTHOR_NAME": IDENTITY[0], "GIT_AUTHOR_EMAIL": IDENTITY[1],
         "GIT_COMMITTER_NAME": IDENTITY[0], "GIT_COMMITTER_EMAIL": IDENTITY[1],
@@ -49,11 +59,12 @@ def git_env(extra: dict | None = None) -> dict:
 
 
 _SAFE_CONFIG = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
-                "-c", "core.fsmonitor=false", "-c", "gc.auto=0"]
+                "-c", "push.gpgSign=false", "-c", "core.fsmonitor=false", "-c", "gc.auto=0"]
 
 
-def git_argv(args: list[str]) -> list[str]:
-    return ["git", *_SAFE_CONFIG, *args]
+def git_argv(args: list[str], *, allow_gc: bool = False) -> list[str]:
+    config = _SAFE_CONFIG[:-2] if allow_gc else _SAFE_CONFIG  # gc.auto=0 is the last pair
+    return ["git", *config, *args]
 
 
 def git(args: list[str], cwd: str, *, timeout: float = DEFAULT_TIMEOUT, input: bytes | None = None,
@@ -118,27 +129,65 @@ def has_remote(cwd: str, name: str = "origin") -> bool:
     return name in _out(["remote"], cwd).split()
 
 
-def ensure_sync_branch(repo_root: str, *, fetch_remote: bool = True) -> str:
+def _local_only_setting(repo_root: str) -> bool:
+    from thrum.config import load_settings
+
+    return load_settings(os.path.join(repo_root, ".thrum", "config.json")).local_only
+
+
+def ensure_sync_branch(repo_root: str, *, fetch_remote: bool = True, local_only: bool | None = None,
+                       notes: list | None = None) -> str:
     """Make sure `a-sync` exists: adopt `origin/a-sync` when there is one, else start an orphan.
 
-    Returns how it was obtained: "existing", "remote" or "created".
+    Returns how it was obtained: "existing", "remote" or "created". In local-only
+    mode (from the argument, else `THRUM_LOCAL` / `.thrum/config.json`) the remote is
+    neither fetched nor read. Warnings for the user are appended to `notes`.
     """
     if _ref_exists(SYNC_REF, repo_root):
         return "existing"
-    if fetch_remote and has_remote(repo_root):
-        # A fresh clone must continue the shared history, never start a second one.
-        git(["fetch", "--quiet", "--no-tags", "origin", f"+{SYNC_REF}:refs/remotes/origin/{SYNC_BRANCH}"],
-            repo_root, check=False, timeout=30)
+    if local_only is None:
+        local_only = _local_only_setting(repo_root)
     remote = f"refs/remotes/origin/{SYNC_BRANCH}"
-    if _ref_exists(remote, repo_root):
-        sha = _out(["rev-parse", remote], repo_root)
-        git(["update-ref", SYNC_REF, sha, ""], repo_root)
-        return "remote"
+    if not local_only and has_remote(repo_root):
+        if fetch_remote:
+            # A fresh clone must continue the shared history, never start a second one.
+            proc = git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin",
+                        f"+{SYNC_REF}:{remote}"], repo_root, check=False, timeout=FETCH_TIMEOUT)
+            err = proc.stderr.decode("utf-8", "replace")
+            if proc.returncode != 0 and "couldn't find remote ref" not in err and notes is not None:
+                notes.append(f"could not fetch {SYNC_BRANCH} from origin ({_first_line(err)}); if origin has one, "
+                             "the first sync joins the two histories")
+        if _ref_exists(remote, repo_root):
+            sha = _out(["rev-parse", remote + "^{commit}"], repo_root)
+            if _create_ref(SYNC_REF, sha, repo_root):
+                return "remote"
+            return "existing"  # someone else created it meanwhile
     blob = _out(["hash-object", "-w", "--stdin"], repo_root, input=b"")
     tree = _out(["mktree"], repo_root, input=f"100644 blob {blob}\tevents.jsonl\n".encode())
-    commit = _out(["commit-tree", tree, "-m", EMPTY_INIT_MESSAGE], repo_root)
-    git(["update-ref", SYNC_REF, commit, ""], repo_root)  # "" = the ref must not exist yet
-    return "created"
+    # Same tree, message, identity and date everywhere: clones that start a-sync
+    # independently (before either pushed) share this root commit, so their
+    # histories are related and merge like any other divergence.
+    commit = _out(["commit-tree", tree, "-m", EMPTY_INIT_MESSAGE], repo_root,
+                  env=git_env({"GIT_AUTHOR_DATE": ROOT_DATE, "GIT_COMMITTER_DATE": ROOT_DATE}))
+    return "created" if _create_ref(SYNC_REF, commit, repo_root) else "existing"
+
+
+def _create_ref(ref: str, sha: str, cwd: str) -> bool:
+    """update-ref with an empty expected value: succeeds only if the ref does not exist yet."""
+    proc = git(["update-ref", "-m", "thrum: create a-sync", ref, sha, ""], cwd, check=False)
+    if proc.returncode == 0:
+        return True
+    if _ref_exists(ref, cwd):
+        return False
+    raise GitError(["update-ref", ref, sha, ""], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line.removeprefix("fatal: ").removeprefix("error: ")
+    return "no output"
 
 
 def worktree_is_valid(repo_root: str, sync_dir: str) -> bool:
@@ -177,3 +226,1067 @@ def _ensure_layout(sync_dir: str) -> None:
 
 def remove_broken(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# == the sync loop ===========================================================================
+#
+# One round: take var/sync.lock, fetch origin/a-sync, append to the local JSONL
+# files only the remote lines whose event_id is new (through the daemon's write
+# path, so they are projected and pushed to subscribers like local writes), build
+# a tree from the files we own with hash-object/mktree, commit it with the remote
+# head as a second parent when it brings history we lack, move the branch with a
+# compare-and-swap update-ref, and push. A rejected push (someone pushed first)
+# goes back to the fetch, a bounded number of times.
+#
+# The round is a generator (`_Round.run`) that yields what it needs done -- a git
+# call, a durable write, a progress note -- and is resumed with the result. The
+# daemon drives it with `loop.spawn`, so git never blocks the loop; `run_blocking`
+# drives the same code with subprocess for scripts and benchmarks.
+
+import fcntl
+import hashlib
+import json
+import logging
+import re
+import time
+
+log = logging.getLogger("thrum.sync")
+
+REMOTE = "origin"
+REMOTE_REF = f"refs/remotes/{REMOTE}/{SYNC_BRANCH}"
+LOCAL_ONLY_REF = "refs/thrum/a-sync"  # local-only commits: not a branch, so `git push --all` skips it
+STATE_NAME = "sync-state.json"
+LOCK_NAME = "sync.lock"
+GIT_TIMEOUT = 30.0
+PUSH_ATTEMPTS = 5          # a rejected push is retried from the fetch this many times in one round
+WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop serves requests between)
+BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
+DEFAULT_INTERVAL = 60
+DEFAULT_DEBOUNCE = 2.0     # seconds from the first unsynced local write to a round
+MAX_GIT_OUTPUT = 1 << 30   # cat-file of remote log files is the only large output
+GC_EVERY = 100             # commits of ours between two `git gc --auto` (git's own thresholds decide)
+_LOG_PATH = re.compile(r"^(events\.jsonl|messages/[A-Za-z0-9_-]+\.jsonl)$")
+
+
+class SyncError(Exception):
+    """A round failed; the message is for the user (status `last_error`)."""
+
+
+class _Git:
+    __slots__ = ("args", "input", "timeout")
+
+    def __init__(self, args: list[str], input: bytes | None, timeout: float) -> None:
+        self.args, self.input, self.timeout = args, input, timeout
+
+
+class _GitBatch:
+    """Independent git calls the host may run concurrently; resumed with their results in order.
+
+    Each item's input is a function, called when that call starts, so only the
+    inputs of the calls in flight are in memory.
+    """
+    __slots__ = ("items",)
+    LIMIT = 4
+
+    def __init__(self, items: list) -> None:
+        self.items = items  # [(args, input_fn, timeout)]
+
+
+class _Write:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+
+class _Progress:
+    __slots__ = ("stage", "detail")
+
+    def __init__(self, stage: str, detail: dict) -> None:
+        self.stage, self.detail = stage, detail
+
+
+class GitResult:
+    __slots__ = ("rc", "out", "err")
+
+    def __init__(self, rc: int, out: bytes, err: bytes) -> None:
+        self.rc, self.out, self.err = rc, out, err
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace").strip()
+
+    @property
+    def error(self) -> str:
+        return _first_line(self.err.decode("utf-8", "replace"))
+
+
+# -- pure helpers (no I/O) ------------------------------------------------------------------
+
+def parse_ls_tree(out: bytes) -> dict[str, tuple[str, str, str, int]]:
+    """`ls-tree -r -t -l -z` output -> {path: (mode, type, sha, size or -1)}."""
+    entries = {}
+    for item in out.split(b"\0"):
+        if not item:
+            continue
+        meta, _, path = item.partition(b"\t")
+        mode, typ, sha, size = meta.decode().split()
+        entries[path.decode("utf-8", "surrogateescape")] = (mode, typ, sha, int(size) if size != "-" else -1)
+    return entries
+
+
+def parse_diff_tree(out: bytes) -> list[tuple[str, str, str]]:
+    """`diff-tree -r -z` raw output -> [(status letter, new blob sha, path)]."""
+    fields = out.split(b"\0")
+    changes = []
+    i = 0
+    while i < len(fields) - 1:
+        meta = fields[i].decode()
+        if not meta.startswith(":"):
+            i += 1
+            continue
+        parts = meta[1:].split()
+        status = parts[4][:1]
+        if status in "RC":  # two paths follow (renames are off, but be safe)
+            path = fields[i + 2]
+            i += 3
+        else:
+            path = fields[i + 1]
+            i += 2
+        changes.append((status, parts[3], path.decode("utf-8", "surrogateescape")))
+    return changes
+
+
+def parse_cat_file(out: bytes) -> dict[str, bytes]:
+    """`cat-file --batch` output -> {sha: content}; a missing object raises SyncError."""
+    blobs = {}
+    pos = 0
+    while pos < len(out):
+        nl = out.index(b"\n", pos)
+        header = out[pos:nl].decode().split()
+        if len(header) != 3:
+            raise SyncError(f"git could not read object {header[0] if header else '?'} ({' '.join(header[1:])})")
+        sha, size = header[0], int(header[2])
+        blobs[sha] = out[nl + 1:nl + 1 + size]
+        pos = nl + 1 + size + 1  # the content is followed by a newline
+    return blobs
+
+
+def _digest(data) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def new_part(content: bytes, known: list) -> tuple[int, int]:
+    """Which bytes of a remote file are new: (start, end).
+
+    `known` holds [size, sha1 of the first size bytes] of versions of this file
+    already merged. Log files only grow, so when the content starts with one of
+    them only the tail after it is new; otherwise the whole file is read again
+    (and unioned by event_id). `end` stops after the last complete line: a line
+    still being written is taken on a later round.
+    """
+    view = memoryview(content)
+    start = 0
+    for size, digest in sorted(known, key=lambda k: -k[0]):
+        if 0 < size <= len(content) and _digest(view[:size]) == digest:
+            start = size
+            break
+    if start and content[start - 1:start] != b"\n":
+        start = content.rfind(b"\n", 0, start) + 1
+    end = content.rfind(b"\n") + 1
+    return start, max(start, end)
+
+
+def remember(known: list, size: int, digest: str) -> list:
+    """Add [size, digest] to a file's remembered versions (most recent first, bounded)."""
+    out = [[size, digest]] + [k for k in known if k[0] != size]
+    return out[:BLOB_MEMORY]
+
+
+def _event_id_of(line: bytes):
+    """The event_id a line is deduplicated by, or None when the line is not an event."""
+    from thrum.events import EventError, decode_line, derived_event_id
+
+    try:
+        event = decode_line(line)
+    except EventError:
+        return None
+    eid = event.get("event_id")
+    return eid if isinstance(eid, str) and eid else derived_event_id(event)
+
+
+def _local_offset_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch)) + _utc_offset(epoch)
+
+
+def _utc_offset(epoch: float) -> str:
+    off = time.localtime(epoch).tm_gmtoff
+    if off == 0:
+        return "Z"
+    sign = "+" if off > 0 else "-"
+    off = abs(off)
+    return f"{sign}{off // 3600:02d}:{off % 3600 // 60:02d}"
+
+
+# -- persistent state ---------------------------------------------------------------------------
+
+def load_state(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and data.get("version") == 1:
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"version": 1}
+
+
+def save_state(path: str, state: dict) -> None:
+    from thrum.identity import atomic_write
+
+    atomic_write(path, json.dumps(state, sort_keys=True, indent=1).encode(), 0o600)
+
+
+# -- one round ------------------------------------------------------------------------------------
+
+class RoundEnv:
+    """What a round needs from its host (the daemon, or a script)."""
+
+    def __init__(self, store, sync_dir: str, var_dir: str, *, local_only: bool) -> None:
+        self.store = store
+        self.sync_dir = sync_dir
+        self.var_dir = var_dir
+        self.local_only = local_only
+
+
+class _Round:
+    def __init__(self, env: RoundEnv, state: dict) -> None:
+        self.env = env
+        self.state = state
+        self.result = {"pulled": 0, "pushed": 0, "committed": 0, "examined": 0, "bad_lines": 0, "push_attempts": 0,
+                       "merged_remote": False, "fast_forward": False}
+        self.remote_configured = False
+        self.fetch_error = ""
+        self.head = ""
+        self.remote_head = ""
+        self.ahead = self.behind = 0
+        self.made_commit = False
+
+    # small steps
+
+    def _git(self, *args: str, input: bytes | None = None, timeout: float = GIT_TIMEOUT, ok=(0,)):
+        res = yield _Git(list(args), input, timeout)
+        if ok is not None and res.rc not in ok:
+            if res.rc == -9:
+                raise SyncError(f"git {args[0]} was stopped: timed out after {timeout:g}s or its output was too large")
+            raise SyncError(f"git {args[0]} failed: {res.error}")
+        return res
+
+    def _refs(self):
+        res = yield from self._git("for-each-ref", "--format=%(objectname) %(tree) %(refname)",
+                                   SYNC_REF, REMOTE_REF, LOCAL_ONLY_REF)
+        refs = {}
+        for line in res.text.splitlines():
+            sha, tree, name = line.split(" ", 2)
+            refs[name] = (sha, tree)
+        return refs
+
+    def _counts(self, left: str, right: str):
+        """(commits only in left, commits only in right)."""
+        res = yield from self._git("rev-list", "--left-right", "--count", f"{left}...{right}")
+        a, b = res.text.split()
+        return int(a), int(b)
+
+    # the round
+
+    def run(self):
+        env, st = self.env, self.state
+        if not env.local_only:
+            res = yield from self._git("remote", "get-url", REMOTE, ok=None)
+            self.remote_configured = res.rc == 0
+        attempt = 0
+        while True:
+            attempt += 1
+            remote_missing = False
+            if self.remote_configured:
+                yield _Progress("fetch", {"attempt": attempt})
+                res = yield from self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                                           "--no-recurse-submodules", REMOTE, f"+{SYNC_REF}:{REMOTE_REF}",
+                                           timeout=FETCH_TIMEOUT, ok=None)
+                if res.rc != 0:
+                    if "couldn't find remote ref" in res.err.decode("utf-8", "replace"):
+                        remote_missing = True  # nobody has pushed a-sync yet: our push creates it
+                    else:
+                        self.fetch_error = ("timed out" if res.rc == -9 else res.error)
+            refs = yield from self._refs()
+            if SYNC_REF not in refs:
+                raise SyncError(f"the {SYNC_BRANCH} branch is missing (run 'thrum init' to recreate it)")
+            if env.local_only:
+                ref = LOCAL_ONLY_REF
+                expected, _ = refs.get(LOCAL_ONLY_REF, ("", ""))
+                base, base_tree = refs.get(LOCAL_ONLY_REF) or refs[SYNC_REF]
+            else:
+                ref = SYNC_REF
+                base, base_tree = expected, _ = refs[SYNC_REF]
+            remote = None
+            if self.remote_configured and not remote_missing and REMOTE_REF in refs:
+                remote = refs[REMOTE_REF]  # may be stale when the fetch failed: still worth merging
+            if attempt == 1 and st.get("head") and st["head"] != base:
+                # Our ref was moved by someone else (a `git pull` in the sync worktree, a restore):
+                # make sure what it holds is in our files before committing on top of it.
+                log.warning("%s moved outside thrum (%s -> %s); merging its content", ref, st["head"][:12],
+                            base[:12])
+                yield from self._merge(base, base, st["head"])
+                st["head"] = base
+                st.pop("committed_sizes", None)  # they describe the old head's tree: compare with base's
+            behind = 0
+            if remote is not None:
+                self.ahead, behind = yield from self._counts(base, remote[0])
+                if remote[0] != st.get("merged_remote") and behind:
+                    yield _Progress("merge", {"remote": remote[0]})
+                    yield from self._merge(base, remote[0], st.get("merged_remote") or "")
+                st["merged_remote"] = remote[0]
+            yield _Progress("commit", {})
+            head = yield from self._commit(ref, expected, base, base_tree, remote, behind)
+            self.head = head
+            self.remote_head = remote[0] if remote else ""
+            if not self.remote_configured or self.fetch_error:
+                break
+            if remote is not None and head == remote[0]:
+                break
+            yield _Progress("push", {"attempt": attempt})
+            self.result["push_attempts"] = attempt
+            res = yield from self._git("push", "--porcelain", "--no-verify", REMOTE, f"{head}:{SYNC_REF}",
+                                       timeout=FETCH_TIMEOUT, ok=None)
+            if res.rc == 0:
+                self.result["pushed"] += st.get("unpushed", 0)
+                st["unpushed"] = 0
+                st["merged_remote"] = head  # the remote now holds exactly our commit
+                self.remote_head = head
+                self.ahead = self.behind = 0
+                break
+            if not _push_was_rejected(res):
+                raise SyncError(f"git push failed: {_push_error(res)}")
+            if attempt >= PUSH_ATTEMPTS:
+                raise SyncError(f"push rejected {attempt} times: origin/{SYNC_BRANCH} kept moving; "
+                                "will retry on the next round")
+            log.info("push rejected (someone pushed first); fetching and merging again")
+        if self.remote_head and self.head != self.remote_head:
+            self.ahead, self.behind = yield from self._counts(self.head, self.remote_head)
+        elif self.remote_head:
+            self.ahead = self.behind = 0
+        if self.fetch_error:
+            raise SyncError(f"cannot reach origin: {self.fetch_error} (changes are committed locally and "
+                            "will be pushed when it is back)")
+
+    # merge: append the remote's new lines to the local files
+
+    def _merge(self, base: str, remote: str, since: str):
+        """Append the lines of `remote` (a commit) that are new, looking at what changed after `since`."""
+        st = self.state
+        diff = None
+        if since:
+            diff = yield from self._git("diff-tree", "-r", "-z", "--no-renames", since, remote, ok=None)
+            if diff.rc != 0:
+                diff = None  # that commit is gone (history rewritten, state from elsewhere)
+        if diff is None:
+            res = yield from self._git("merge-base", base, remote, ok=(0, 1))
+            since = res.text.split()[0] if res.rc == 0 and res.text else ""
+            if not since or since == remote:  # unrelated: everything on the remote is a candidate
+                res = yield from self._git("hash-object", "-t", "tree", "--stdin", input=b"")
+                since = res.text
+            diff = yield from self._git("diff-tree", "-r", "-z", "--no-renames", since, remote)
+        wanted = []
+        for status, sha, path in parse_diff_tree(diff.out):
+            if status not in "AMT" or set(sha) == {"0"}:
+                continue  # deletions never remove lines: the log is a union
+            if _LOG_PATH.match(path):
+                wanted.append((path, sha))
+            else:
+                log.debug("not merging %s (not a log file)", path)
+        if not wanted:
+            return
+        wanted.sort(key=lambda w: (w[0] != "events.jsonl", w[0]))  # groups and agents before messages
+        blobs = {}
+        for i in range(0, len(wanted), 64):
+            chunk = wanted[i:i + 64]
+            res = yield from self._git("cat-file", "--batch",
+                                       input="".join(sha + "\n" for _, sha in chunk).encode(),
+                                       timeout=FETCH_TIMEOUT)
+            blobs.update(parse_cat_file(res.out))
+        memory = st.setdefault("blobs", {})
+        merged_versions = {}
+        pending: list[list[tuple[str, list[bytes]]]] = []
+        candidates: list[tuple[str, bytes, object]] = []
+        for path, sha in wanted:
+            content = blobs[sha]
+            start, end = new_part(content, memory.get(path, []))
+            for line in content[start:end].split(b"\n"):
+                if line.strip():
+                    candidates.append((path, line, _event_id_of(line)))
+            merged_versions[path] = (end, _digest(memoryview(content)[:end]))
+        self.result["examined"] += len(candidates)
+        ids = [eid for _, _, eid in candidates if eid]
+        known = self.env.store.known_event_ids(ids) if ids else set()
+        seen_bad = set(st.get("bad_seen", []))
+        by_file: dict[str, list[bytes]] = {}
+        for path, line, eid in candidates:
+            if eid is not None:
+                if eid in known:
+                    continue
+                known.add(eid)
+            else:
+                h = hashlib.sha256(line).hexdigest()
+                if h in seen_bad or self._line_in_local_file(path, line):
+                    seen_bad.add(h)
+                    continue
+                seen_bad.add(h)
+                self.result["bad_lines"] += 1
+            by_file.setdefault(path, []).append(line + b"\n")
+        # Durable writes of about WRITE_CHUNK lines each (several small files share one),
+        # each file's lines in their order, events.jsonl first.
+        group: list[tuple[str, list[bytes]]] = []
+        size = 0
+        for path, lines in by_file.items():
+            for i in range(0, len(lines), WRITE_CHUNK):
+                part = lines[i:i + WRITE_CHUNK]
+                if size + len(part) > WRITE_CHUNK and group:
+                    pending.append(group)
+                    group, size = [], 0
+                group.append((path, part))
+                size += len(part)
+        if group:
+            pending.append(group)
+        for group in pending:
+            yield _Write(lambda store, g=group: [store.append_foreign_lines(p, ls) for p, ls in g])
+            count = sum(len(ls) for _, ls in group)
+            self.result["pulled"] += count
+            st["pulled_uncommitted"] = st.get("pulled_uncommitted", 0) + count
+        # Only now that the lines are durable may a later round skip past them.
+        for path, (size, digest) in merged_versions.items():
+            memory[path] = remember(memory.get(path, []), size, digest)
+        st["bad_seen"] = sorted(seen_bad)[-1000:]
+        if pending:
+            self.result["merged_remote"] = True
+
+    def _line_in_local_file(self, rel: str, line: bytes) -> bool:
+        """Slow path, for unparseable lines only (they have no event_id to dedup by)."""
+        try:
+            with open(os.path.join(self.env.sync_dir, rel), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return False
+        return data.startswith(line + b"\n") or (b"\n" + line + b"\n") in data
+
+    # commit: a tree from the files we own, a commit, a compare-and-swap ref update
+
+    def _commit(self, ref: str, expected: str, base: str, base_tree: str, remote, behind: int):
+        env, st = self.env, self.state
+        store = env.store
+        yield _Progress("snapshot", {})  # the host notes which local writes this commit includes
+        sizes = {}
+        for rel in store.log.files():
+            try:
+                sizes[rel] = os.stat(store.log.path(rel)).st_size
+            except FileNotFoundError:
+                pass
+        needs_remote_parent = remote is not None and behind > 0
+        if (st.get("head") == base and st.get("committed_sizes") == sizes and not needs_remote_parent
+                and expected == base):
+            return base
+        res = yield from self._git("ls-tree", "-r", "-t", "-l", "-z", base)
+        listing = parse_ls_tree(res.out)
+        touched = []
+        new_lines = 0
+        for rel, size in sizes.items():
+            old = listing.get(rel)
+            if old is not None and old[1] == "blob" and old[3] == size:
+                continue  # append-only: same size, same bytes
+            old_size = old[3] if old is not None and 0 <= old[3] <= size else 0
+            with open(store.log.path(rel), "rb") as f:
+                f.seek(old_size)
+                new_lines += f.read(size - old_size).count(b"\n")
+            touched.append(rel)
+        local_new = max(0, new_lines - st.get("pulled_uncommitted", 0))
+        if needs_remote_parent and self.ahead == 0 and local_new == 0:
+            # Everything we have came from the remote (our history is part of its history):
+            # move to its head rather than commit the same lines in another order.
+            commit = remote[0]
+            self.result["fast_forward"] = True
+        else:
+            memory = st.setdefault("blobs", {})
+            digests = {}
+
+            def snapshot(rel: str) -> bytes:
+                with open(store.log.path(rel), "rb") as f:
+                    content = f.read(sizes[rel])  # up to the snapshot: whole lines only (files only grow)
+                digests[rel] = (len(content), _digest(content))
+                return content
+            results = yield _GitBatch([(["hash-object", "-w", "--no-filters", "--stdin"],
+                                        lambda rel=rel: snapshot(rel), GIT_TIMEOUT) for rel in touched])
+            changed = {}
+            for rel, res in zip(touched, results):
+                if res.rc != 0:
+                    raise SyncError(f"git hash-object failed for {rel}: {res.error}")
+                changed[rel] = res.text
+                memory[rel] = remember(memory.get(rel, []), *digests[rel])
+            tree = yield from self._tree(listing, changed, remote if needs_remote_parent else None)
+            if tree == base_tree and not needs_remote_parent:
+                commit = base
+            else:
+                # On top of the remote head when our history is already part of it; else a
+                # merge: our head first, the remote head second.
+                parents = [remote[0]] if (needs_remote_parent and self.ahead == 0) else [base]
+                if needs_remote_parent and self.ahead:
+                    parents.append(remote[0])
+                msg = (f"thrum sync: {local_new} local event(s)"
+                       + (f", merged {remote[0][:12]}" if needs_remote_parent else "") + "\n")
+                args = ["commit-tree", tree]
+                for p in parents:
+                    args += ["-p", p]
+                res = yield from self._git(*args, input=msg.encode())
+                commit = res.text
+                self.made_commit = True
+        if commit != expected:
+            res = yield from self._git("update-ref", "-m", "thrum sync", ref, commit, expected, ok=None)
+            if res.rc != 0:
+                raise SyncError(f"{ref} moved during the round ({res.error}); retrying next round")
+        st["head"] = commit
+        st["committed_sizes"] = sizes
+        st["pulled_uncommitted"] = 0
+        st["unpushed"] = st.get("unpushed", 0) + local_new
+        self.result["committed"] += local_new
+        yield _Progress("committed", {"head": commit})
+        return commit
+
+    def _tree(self, listing: dict, changed: dict, remote):
+        """mktree for messages/ (if touched) and the root, reusing every unchanged entry."""
+        root = {p: e for p, e in listing.items() if "/" not in p}
+        msgs = {p[len("messages/"):]: e for p, e in listing.items()
+                if p.startswith("messages/") and "/" not in p[len("messages/"):]}
+        if remote is not None:
+            # Keep files others put on the branch that we do not own (e.g. Go's context/): L wins.
+            res = yield from self._git("ls-tree", "-r", "-t", "-l", "-z", remote[0])
+            for p, e in parse_ls_tree(res.out).items():
+                if "/" not in p and p not in root and p != "messages" and p not in changed:
+                    root[p] = e
+                elif p.startswith("messages/") and "/" not in p[9:] and p[9:] not in msgs \
+                        and p not in changed and not _LOG_PATH.match(p):
+                    msgs[p[9:]] = e
+        touched_msgs = False
+        for rel, sha in changed.items():
+            if rel.startswith("messages/"):
+                msgs[rel[9:]] = ("100644", "blob", sha, 0)
+                touched_msgs = True
+            else:
+                root[rel] = ("100644", "blob", sha, 0)
+        if touched_msgs or ("messages" not in root and msgs):
+            res = yield from self._git("mktree", "-z", input=_mktree_input(msgs))
+            root["messages"] = ("040000", "tree", res.text, -1)
+        res = yield from self._git("mktree", "-z", input=_mktree_input(root))
+        return res.text
+
+
+def _mktree_input(entries: dict) -> bytes:
+    return b"".join(f"{mode} {typ} {sha}\t".encode() + name.encode("utf-8", "surrogateescape") + b"\0"
+                    for name, (mode, typ, sha, _) in entries.items())
+
+
+def _push_was_rejected(res: GitResult) -> bool:
+    """A race with another pusher (retry after a fetch), as opposed to a real failure."""
+    text = (res.out + b"\n" + res.err).decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith("!") and ("[rejected]" in line or "stale info" in line
+                                     or "cannot lock ref" in line or "failed to update ref" in line
+                                     or "incorrect old value" in line):
+            return True
+    return "fetch first" in text or "non-fast-forward" in text
+
+
+def _push_error(res: GitResult) -> str:
+    if res.rc == -9:
+        return "timed out"
+    for line in res.out.decode("utf-8", "replace").splitlines():
+        if line.startswith("!"):
+            return line.split("\t")[-1].strip()
+    return res.error
+
+
+# -- drivers --------------------------------------------------------------------------------------
+
+def _run_git(cwd: str, args: list[str], input: bytes | None, timeout: float) -> GitResult:
+    try:
+        proc = subprocess.run(git_argv(args), cwd=cwd, input=input, capture_output=True, timeout=timeout,
+                              env=git_env(), stdin=None if input is not None else subprocess.DEVNULL)
+        return GitResult(proc.returncode, proc.stdout, proc.stderr)
+    except subprocess.TimeoutExpired:
+        return GitResult(-9, b"", b"timed out")
+
+
+def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
+    """Run one round synchronously (scripts, benchmarks): returns the round's result."""
+    rnd = _Round(env, state)
+    gen = rnd.run()
+    value = None
+    while True:
+        try:
+            step = gen.send(value)
+        except StopIteration:
+            break
+        if isinstance(step, _Git):
+            value = _run_git(env.sync_dir, step.args, step.input, step.timeout)
+        elif isinstance(step, _GitBatch):
+            value = [_run_git(env.sync_dir, args, input_fn(), timeout) for args, input_fn, timeout in step.items]
+        elif isinstance(step, _Write):
+            store = env.store
+            try:
+                step.fn(store)
+                store.commit()
+            except BaseException:
+                store.rollback()
+                raise
+            value = None
+        else:
+            if on_progress:
+                on_progress(step.stage, step.detail)
+            value = None
+    return rnd.result
+
+
+def _debounce_setting(config_path: str) -> float:
+    """THRUM_SYNC_DEBOUNCE (seconds, 0 = off) > daemon.sync_debounce in config.json > 2 s."""
+    from thrum.config import load_config
+
+    raw = os.environ.get("THRUM_SYNC_DEBOUNCE")
+    if raw is None:
+        daemon = load_config(config_path).get("daemon")
+        raw = daemon.get("sync_debounce") if isinstance(daemon, dict) else None
+    if raw is None:
+        return DEFAULT_DEBOUNCE
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        log.warning("ignoring invalid sync debounce %r", raw)
+        return DEFAULT_DEBOUNCE
+    return max(0.0, value)
+
+
+class SyncLoop:
+    """The daemon component: runs rounds on a timer, soon after local writes, and on demand.
+
+    One round at a time. A request that arrives during a round is served by the
+    next one (requests coalesce), so `sync.force` with `wait` always reports a round
+    that started after it was asked for and therefore includes the caller's writes.
+    """
+
+    def __init__(self, paths) -> None:
+        self.paths = paths
+        self.daemon = None
+        self.running = False
+        self.state_path = os.path.join(paths.var, STATE_NAME)
+        self.state: dict = {"version": 1}
+        self.local_only = False
+        self.interval = DEFAULT_INTERVAL
+        self.debounce = DEFAULT_DEBOUNCE
+        self.remote_configured: bool | None = None
+        self.remote_url = ""
+        self.active = False
+        self.rerun = False
+        self.queued: list = []    # (Deferred, conn) waiting for the next round
+        self.waiters: list = []   # (Deferred, conn) waiting for the round in flight
+        self.timer = None
+        self.debounce_timer = None
+        self.children: set = set()  # git calls of the round in flight
+        self.batch = None
+        self.gc_child = None
+        self.step_name, self.step_started = "", 0.0
+        self.gen = None
+        self.round = None
+        self.lock_fd: int | None = None
+        self.dirty = 0            # local events written since the last commit (not yet in git)
+        self.dirty_snapshot = 0
+        self.dirty_unknown = False
+        self.merging = False
+        self.failures = 0
+        self.rounds = 0
+        self.started_at = 0.0
+        self.last_result: dict = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, daemon) -> None:
+        from thrum.config import load_settings
+
+        self.daemon = daemon
+        settings = load_settings(self.paths.config)
+        self.local_only = settings.local_only
+        self.interval = settings.sync_interval
+        self.debounce = _debounce_setting(self.paths.config)
+        self.state = load_state(self.state_path)
+        self.env = RoundEnv(daemon.store, daemon.sync_dir, self.paths.var, local_only=self.local_only)
+        self.lock_fd = os.open(os.path.join(self.paths.var, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                               0o600)
+        committed = self.state.get("committed_sizes")
+        sizes = self._sizes()
+        self.dirty_unknown = committed != sizes and bool(sizes)
+        registry = daemon.service.registry
+        registry.add("sync.force", self.rpc_force)
+        registry.add("sync.status", self.rpc_status)
+        daemon.service.sync_status = lambda: {"sync_state": self.sync_state()}  # health
+        daemon.service.sync_details = self.status  # everything sync.status says (notification.sync)
+        daemon.event_listeners.append(self._on_events)
+        self.running = True
+        log.info("sync loop started (%s, every %ss, %s after writes)",
+                 "local-only" if self.local_only else "origin", self.interval,
+                 f"{self.debounce:g}s" if self.debounce else "not")
+        daemon.loop.call_soon(self.request)  # catch up with what others pushed while we were down
+
+    def stop(self) -> None:
+        self.running = False
+        for handle in (self.timer, self.debounce_timer):
+            if handle is not None:
+                self.daemon.loop.cancel(handle)
+        self.timer = self.debounce_timer = None
+        for child in [*self.children, self.gc_child]:
+            if child is not None and not child.done:
+                child.kill()  # every git step is safe to interrupt: refs move atomically or not at all
+                try:
+                    child.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.children.clear()
+        self.gc_child = self.batch = None
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+        from thrum.rpc import ThrumError
+
+        for deferred, _ in self.waiters + self.queued:
+            deferred.fail(ThrumError("the daemon is shutting down; the sync round did not finish"))
+        self.waiters, self.queued = [], []
+        if self.active:
+            self._unlock()
+            self.active = False
+            self._save()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    # -- triggers --------------------------------------------------------------------------
+
+    def request(self, waiter=None) -> None:
+        """Run a round now, or right after the one in flight."""
+        if not self.running:
+            if waiter is not None:
+                from thrum.rpc import ThrumError
+
+                waiter[0].fail(ThrumError("the sync loop is not running"))
+            return
+        if waiter is not None:
+            self.queued.append(waiter)
+        if self.active:
+            self.rerun = True
+            return
+        self._start_round()
+
+    def _on_events(self, events: list) -> None:
+        if self.merging or not events:
+            return  # lines merged from the remote are not local writes
+        self.dirty += len(events)
+        if (self.debounce > 0 and self.running and not self.active and self.debounce_timer is None
+                and self.failures == 0):
+            self.debounce_timer = self.daemon.loop.call_later(self.debounce, self._debounced)
+
+    def _debounced(self) -> None:
+        self.debounce_timer = None
+        self.request()
+
+    def _tick(self) -> None:
+        self.timer = None
+        self.request()
+
+    # -- driving a round ---------------------------------------------------------------------
+
+    def _start_round(self) -> None:
+        loop = self.daemon.loop
+        for handle in (self.timer, self.debounce_timer):
+            if handle is not None:
+                loop.cancel(handle)
+        self.timer = self.debounce_timer = None
+        self.active = True
+        self.rerun = False
+        self.waiters, self.queued = self.queued, []
+        self.started_at = time.monotonic()
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._finish(f"another process holds {os.path.join(self.paths.var, LOCK_NAME)} (a sync in progress)",
+                         locked=False)
+            return
+        self.round = _Round(self.env, self.state)
+        self.gen = self.round.run()
+        self._advance(None)
+
+    def _advance(self, value) -> None:
+        while self.gen is not None:
+            try:
+                step = self.gen.send(value)
+            except StopIteration:
+                self._finish("")
+                return
+            except SyncError as exc:
+                self._finish(str(exc))
+                return
+            except Exception as exc:  # a bug: keep the daemon, report the round
+                import traceback
+
+                log.error("sync round failed:\n%s", traceback.format_exc())
+                self._finish(f"internal error: {type(exc).__name__}: {exc}")
+                return
+            value = None
+            if isinstance(step, _Git):
+                self.step_started = time.monotonic()
+                self.step_name = step.args[0]
+                try:
+                    self._spawn(step.args, step.input, step.timeout, self._git_done)
+                except OSError as exc:
+                    self.gen.close()
+                    self._finish(f"cannot run git: {exc}")
+                return
+            if isinstance(step, _GitBatch):
+                self.step_started = time.monotonic()
+                self.step_name = f"{len(step.items)} x {step.items[0][0][0]}" if step.items else "nothing"
+                self.batch = [step.items, [None] * len(step.items), 0, 0]  # items, results, next, running
+                self._batch_fill()
+                return
+            if isinstance(step, _Write):
+                self.merging = True
+                started = time.monotonic()
+                try:
+                    self.daemon.run_write(step.fn)
+                    log.debug("sync write: %.1f ms", (time.monotonic() - started) * 1000)
+                except Exception as exc:
+                    self.gen.close()
+                    self._finish(f"cannot write the merged lines: {exc}")
+                    return
+                finally:
+                    self.merging = False
+                # Let the loop answer requests between large merges.
+                self.daemon.loop.call_soon(self._advance, None)
+                return
+            if step.stage == "snapshot":
+                self.dirty_snapshot = self.dirty
+            elif step.stage == "committed":
+                self.dirty = max(0, self.dirty - self.dirty_snapshot)
+                self.dirty_snapshot = 0
+                self.dirty_unknown = False
+            self._progress(step.stage, step.detail)
+
+    def _spawn(self, args: list[str], input: bytes | None, timeout: float, on_done) -> None:
+        holder = []
+
+        def done(rc, out, err):
+            self.children.discard(holder[0])
+            on_done(rc, out, err)
+        child = self.daemon.loop.spawn(git_argv(args), done, cwd=self.env.sync_dir, env=git_env(),
+                                       timeout=timeout, stdin_data=input, max_output=MAX_GIT_OUTPUT)
+        holder.append(child)
+        self.children.add(child)
+
+    def _batch_fill(self) -> None:
+        batch = self.batch
+        if batch is None:
+            return
+        items, results = batch[0], batch[1]
+        try:
+            while batch[3] < _GitBatch.LIMIT and batch[2] < len(items):
+                i = batch[2]
+                args, input_fn, timeout = items[i]
+                batch[2] += 1
+                batch[3] += 1
+                self._spawn(args, input_fn(), timeout, lambda rc, out, err, i=i: self._batch_done(i, rc, out, err))
+        except OSError as exc:
+            self.batch = None
+            for child in list(self.children):
+                child.kill()
+            self.gen.close()
+            self._finish(f"cannot run git: {exc}")
+            return
+        if batch[3] == 0 and batch[2] == len(items):
+            self.batch = None
+            log.debug("sync git %s: %.1f ms", self.step_name, (time.monotonic() - self.step_started) * 1000)
+            self._advance(results)
+
+    def _batch_done(self, i: int, rc: int, out: bytes, err: bytes) -> None:
+        if self.batch is None:
+            return
+        self.batch[1][i] = GitResult(rc, out, err)
+        self.batch[3] -= 1
+        self._batch_fill()
+
+    def _git_done(self, rc: int, out: bytes, err: bytes) -> None:
+        log.debug("sync git %s: exit %d, %.1f ms", self.step_name, rc, (time.monotonic() - self.step_started) * 1000)
+        if self.gen is not None:
+            self._advance(GitResult(rc, out, err))
+
+    def _progress(self, stage: str, detail: dict) -> None:
+        if stage in ("snapshot", "committed"):
+            return
+        for _, conn in self.waiters:
+            notify = getattr(conn, "notify", None)
+            if notify is not None:
+                notify("sync.progress", {"stage": stage, **detail})
+
+    def _unlock(self) -> None:
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+
+    def _finish(self, error: str, *, locked: bool = True) -> None:
+        rnd, self.round, self.gen = self.round, None, None
+        if locked:
+            self._unlock()
+        self.active = False
+        self.rounds += 1
+        result = dict(rnd.result) if rnd is not None else {"pulled": 0, "pushed": 0, "committed": 0}
+        result["duration_ms"] = int((time.monotonic() - self.started_at) * 1000)
+        result["ok"] = not error
+        st = self.state
+        if rnd is not None:
+            if not self.local_only:
+                self.remote_configured = rnd.remote_configured
+            if rnd.made_commit:
+                st["commits_since_gc"] = st.get("commits_since_gc", 0) + 1
+            if rnd.head:  # the round got as far as its commit
+                st["remote_head"] = rnd.remote_head
+                st["ahead"], st["behind"] = rnd.ahead, rnd.behind
+        if error:
+            self.failures += 1
+            st["last_error"] = error
+            log.warning("sync round failed: %s", error)
+        else:
+            self.failures = 0
+            st["last_error"] = ""
+            st["last_sync_at"] = _local_offset_time(time.time())
+            if result.get("pulled") or result.get("pushed"):
+                log.info("sync: pulled %d, pushed %d event(s) in %d ms", result["pulled"], result["pushed"],
+                         result["duration_ms"])
+        st["bad_remote_lines"] = st.get("bad_remote_lines", 0) + result.get("bad_lines", 0)
+        st["last_round"] = {k: result[k] for k in ("pulled", "pushed", "committed", "duration_ms", "ok")}
+        self.last_result = result
+        if st.get("commits_since_gc", 0) >= GC_EVERY and self.gc_child is None and self.running:
+            st["commits_since_gc"] = 0
+            self._gc()
+        self._save()
+        waiters, self.waiters = self.waiters, []
+        if waiters:
+            answer = {"triggered": True, **self.status(), **result}
+            if error:
+                answer["last_error"] = error
+            for deferred, _ in waiters:
+                deferred.resolve(answer)
+        if not self.running:
+            return
+        loop = self.daemon.loop
+        if self.rerun or self.queued:
+            loop.call_soon(self.request)
+            return
+        self.timer = loop.call_later(self.interval, self._tick)
+        if self.dirty and self.debounce > 0 and not error:
+            self.debounce_timer = loop.call_later(self.debounce, self._debounced)
+
+    def _gc(self) -> None:
+        """Each round writes whole-file blobs; let git pack them now and then (as `git commit` would)."""
+        def done(rc, out, err):
+            self.gc_child = None
+            if rc != 0:
+                log.info("git gc --auto: %s", _first_line(err.decode("utf-8", "replace")))
+        try:
+            self.gc_child = self.daemon.loop.spawn(git_argv(["gc", "--auto", "--quiet"], allow_gc=True), done,
+                                                   cwd=self.env.sync_dir, env=git_env(), timeout=600)
+        except OSError as exc:
+            log.info("cannot run git gc: %s", exc)
+
+    def _save(self) -> None:
+        try:
+            save_state(self.state_path, self.state)
+        except OSError as exc:
+            log.warning("cannot save %s: %s", self.state_path, exc)
+
+    def _sizes(self) -> dict:
+        store = self.daemon.store
+        sizes = {}
+        for rel in store.log.files():
+            try:
+                sizes[rel] = os.stat(store.log.path(rel)).st_size
+            except FileNotFoundError:
+                pass
+        return sizes
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def sync_state(self) -> str:
+        """stopped | error | idle | pending | synced | local (see the README's sync section)."""
+        st = self.state
+        if not self.running:
+            return "stopped"
+        if st.get("last_error") and self.rounds:
+            return "error"
+        if not self.rounds:
+            return "idle"
+        uncommitted = self.dirty > 0 or self.dirty_unknown
+        if self.local_only or not self.remote_configured:
+            return "pending" if uncommitted else "local"
+        if uncommitted or st.get("unpushed") or st.get("ahead") or st.get("behind") \
+                or not st.get("remote_head") or st.get("remote_head") != st.get("head"):
+            return "pending"
+        return "synced"
+
+    def status(self) -> dict:
+        st = self.state
+        out = {
+            "running": self.running,
+            "last_sync_at": st.get("last_sync_at", ""),
+            "sync_state": self.sync_state(),
+            "local_only": self.local_only,
+            "remote": "" if self.local_only or self.remote_configured is False else REMOTE,
+            "branch": LOCAL_ONLY_REF if self.local_only else SYNC_BRANCH,
+            "in_progress": self.active,
+            "interval": self.interval,
+            "debounce": self.debounce,
+            "head": st.get("head", ""),
+            "remote_head": st.get("remote_head", ""),
+            "ahead": st.get("ahead", 0),
+            "behind": st.get("behind", 0),
+            "unpushed_events": st.get("unpushed", 0),
+            "uncommitted_events": self.dirty,
+            "bad_remote_lines": st.get("bad_remote_lines", 0),
+        }
+        if st.get("last_error") and self.rounds:
+            out["last_error"] = st["last_error"]
+        if st.get("last_round"):
+            out["last_round"] = st["last_round"]
+        return out
+
+    # -- RPC ------------------------------------------------------------------------------------
+
+    def rpc_force(self, p, ctx):
+        """sync.force {wait?: bool} -> status now, or with wait the round's result when it ends."""
+        wait = p.bool("wait")
+        if not wait:
+            self.request()
+            return {"triggered": True, **self.status()}
+        from thrum.rpc import Deferred
+
+        deferred = Deferred()
+        self.request((deferred, getattr(ctx, "conn", None)))
+        return deferred
+
+    def rpc_status(self, p, ctx):
+        return self.status()
+
+
+def make_component(paths):
+    """The daemon's sync loop (daemon.COMPONENT_MODULES)."""
+    return SyncLoop(paths)
