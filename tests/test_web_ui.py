@@ -174,7 +174,7 @@ def test_message_content_is_text_never_markup(ui):
     assert u.js("document.querySelectorAll('#view .msg img, #view .msg script').length") == 0
 
 
-def test_agents_panel_shows_status_intent_and_task(ui):
+def test_agents_panel_shows_status_intent_task_branch_and_files(ui):
     u = ui("/agents")
     u.wait("document.querySelector('[data-agent=alice]')", what="alice's card")
     # set from the CLI while the page is open: the panel follows without a reload
@@ -185,6 +185,14 @@ def test_agents_panel_shows_status_intent_and_task(ui):
            what="alice's intent and task in the agents panel")
     card = u.page.text("[data-agent=alice]")
     assert "active" in card and "TASK-42" in card and "implementer @ auth" in card
+    # git context: the branch and the changed files of alice's checkout, after a heartbeat re-reads git
+    (u.t.repo / "README.md").write_text("changed by alice\n")
+    (u.t.repo / "login.py").write_text("print('hi')\n")
+    u.t.run("session", "heartbeat", name="alice")
+    u.wait("(document.querySelector('[data-agent=alice] details') || {textContent: ''}).textContent.includes('login.py')",
+           what="alice's changed files in the agents panel")
+    card = u.js("document.querySelector('[data-agent=alice]').textContent")
+    assert "README.md" in card and "main" in card
     u.t.run("session", "end", name="bob")
     u.wait("(document.querySelector('[data-agent=bob]') || {innerText: ''}).innerText.includes('offline')",
            what="bob offline after session end")
