@@ -228,9 +228,12 @@ def test_thread_view_shows_the_reply_chain(ui):
     # nested: each reply sits inside the list of replies of its parent
     assert u.js("document.querySelectorAll('.thread-tree .replies .replies .msg').length") == 1
     assert u.js(f"document.querySelector('[data-id={reply}]').getAttribute('aria-current')") == "true"
+    # the thread offered to reply to the message it was opened on; leaving it untouched undoes that
+    assert "Replying to @bob" in u.page.text(".reply-box")
     # the threads overview lists it
     u.go("/threads")
     u.wait_text("Should we split the auth module?")
+    assert u.js("document.querySelector('.reply-box').hidden")
 
 
 def test_client_side_routes_survive_a_reload(ui):

@@ -76,7 +76,9 @@ export class Composer {
 
   /** Prefill the recipient (an inbox view does this) unless the person already typed one. */
   suggestRecipient(agentId) {
-    if (!this.to.value.trim() && !this.replyTo) this.to.value = "@" + shortName(agentId);
+    if (this.to.value.trim() || this.replyTo) return null;
+    this.to.value = "@" + shortName(agentId);
+    return this.to.value;
   }
 
   setReply(msg, { focus = true } = {}) {

@@ -15,6 +15,7 @@ export function inboxView(app, agentId) {
   let list = null;
   let off = [];
   let refreshTimer = null;
+  let suggested = null;
 
   function params() {
     const p = { for_agent: agentId };
@@ -65,7 +66,7 @@ export function inboxView(app, agentId) {
         holder.replaceChildren(makeList().el);
         list.reload();
       });
-      if (!mine) app.composer.suggestRecipient(agentId);
+      if (!mine) suggested = app.composer.suggestRecipient(agentId);
       off = [
         // Whether a new message is addressed to this agent depends on its roles and groups, which
         // the daemon knows: ask it again (coalesced) rather than guess.
@@ -86,6 +87,8 @@ export function inboxView(app, agentId) {
       clearTimeout(refreshTimer);
       off.forEach((f) => f());
       if (list) list.destroy();
+      // Leaving the inbox: an address we filled in, still untouched and unused, goes too.
+      if (suggested && app.composer.to.value === suggested && !app.composer.content.value.trim()) app.composer.to.value = "";
     },
   };
 

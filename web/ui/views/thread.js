@@ -55,6 +55,7 @@ export function threadView(app, messageId) {
   let messages = new Map();
   let root = null;
   let off = [];
+  let autoReply = null; // the reply this view chose (not the person): undone when leaving it untouched
   const view = {
     title: "Thread",
     heading: "Thread",
@@ -75,6 +76,7 @@ export function threadView(app, messageId) {
     },
     destroy() {
       off.forEach((f) => f());
+      if (autoReply && app.composer.replyTo === autoReply && !app.composer.content.value.trim()) app.composer.clearReply();
     },
   };
 
@@ -91,7 +93,10 @@ export function threadView(app, messageId) {
       messages = result.messages;
       render();
       const focused = messages.get(messageId);
-      if (focused && !app.composer.replyTo) app.composer.setReply(focused, { focus: false });
+      if (focused && !app.composer.replyTo) {
+        app.composer.setReply(focused, { focus: false });
+        autoReply = focused;
+      }
     } catch (err) {
       replace(tree, h("p", null, `Could not load the thread: ${err.message}`));
     } finally {
