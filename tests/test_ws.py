@@ -97,7 +97,8 @@ def test_batch_requests(daemon):
 
 def test_unix_only_methods_are_not_on_ws(daemon):
     with WS(daemon) as ws:
-        assert ws.request("team.list")["error"]["code"] == -32601
+        assert ws.request("agent.delete", name="alice")["error"]["code"] == -32601
+        assert "members" in ws.call("team.list")  # read-only, opened to WebSocket for the web UI
 
 
 # -- security ---------------------------------------------------------------------------------------
@@ -368,3 +369,4 @@ def test_thrum_ui_link_sets_a_cookie(daemon):
     assert status == 401
     human = t.run("ui", "--no-open").stdout
     assert info["url"] in human
+    assert f"http://127.0.0.1:{port}/ is enough" in human  # the cookie: the token is needed once

@@ -1948,7 +1948,8 @@ def cmd_ui(ctx: Ctx) -> int:
             opened = False
     ctx.emit(data, [f"Thrum UI: {url}",
                     "  Opened in your browser." if opened else "  Open this address in a browser on this machine.",
-                    "  The token in it gives full access to this repository's thrum; do not share it."])
+                    f"  After that, this browser remembers the token: http://127.0.0.1:{port}/ is enough.",
+                    "  The token gives full access to this repository's thrum; do not share the link."])
     return 0
 
 

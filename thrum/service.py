@@ -124,7 +124,8 @@ class Service:
         r("group.list", self.group_list)
         r("group.info", self.group_info)
         r("group.members", self.group_members)
-        r("team.list", self.team_list, transports=unix)
+        # Read-only, and nothing it shows is hidden from agent.list + message.list: the web UI's agents panel.
+        r("team.list", self.team_list)
 
     # -- start-up --------------------------------------------------------------
 
@@ -667,6 +668,10 @@ class Service:
         if p.bool("exclude_self") and caller:
             where.append("m.agent_id!=?")
             args.append(caller)
+        exclude_author = p.str("exclude_author", max_len=128)  # another agent's inbox without its own posts
+        if exclude_author:
+            where.append("m.agent_id!=?")
+            args.append(exclude_author)
         mention = _strip_at(p.str("mention_role", max_len=128))
         if p.bool("mentions") and not mention and caller:
             row = self.agent_row(caller)
@@ -706,7 +711,9 @@ class Service:
             except EventError as exc:
                 raise InvalidParams(str(exc)) from None
         unread_for = p.str("unread_for_agent", max_len=128)
-        reader = unread_for or caller
+        # read_state_for: whose is_read/unread to report, without filtering (the web UI shows each
+        # agent's inbox as that agent sees it). Reading read markers needs no identity.
+        reader = unread_for or p.str("read_state_for", max_len=128) or caller
         only_unread = bool(reader) and (p.bool("unread") or bool(unread_for))
         sort_by = p.str("sort_by", default="created_at", max_len=16)
         sort_order = p.str("sort_order", default="desc", max_len=8).lower()

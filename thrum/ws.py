@@ -184,16 +184,35 @@ class StaticFiles:
 
 
 _LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>thrum: sign in</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:38em;margin:4em auto;padding:0 1em;color:#222}}
-code{{background:#f2f2f2;padding:.1em .35em;border-radius:4px}}</style></head>
-<body><h1>thrum</h1>
-<p>This page belongs to the thrum daemon of a repository on this machine. It needs the access token
-that only you can read.</p>
-<p>In a terminal inside the repository, run <code>thrum ui</code>: it prints (and opens) a link that
-carries the token. After you open it once, this browser remembers it.</p>
-<p style="color:#777">{reason}</p>
-</body></html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark"><title>thrum: open it with thrum ui</title>
+<style>
+:root{{--bg:#f5f6f8;--surface:#fff;--text:#1b1f24;--muted:#545d68;--border:#cdd3da;--accent:#0a58a8;--code:#eef0f3}}
+@media (prefers-color-scheme:dark){{:root{{--bg:#0e1217;--surface:#161b22;--text:#e6e9ee;--muted:#a3adb9;
+--border:#343d48;--accent:#79b8ff;--code:#1f262f}}}}
+body{{margin:0;font:16px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","DejaVu Sans",sans-serif;
+background:var(--bg);color:var(--text)}}
+header{{padding:.5rem 1rem;background:var(--surface);border-bottom:1px solid var(--border);font-weight:700;font-size:1.15rem}}
+header span{{color:var(--accent)}}
+main{{max-width:38rem;margin:2.5rem auto;padding:1.2rem 1.5rem;background:var(--surface);border:1px solid var(--border);
+border-radius:10px}}
+h1{{font-size:1.4rem;margin:0 0 .6rem}}
+code{{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;background:var(--code);padding:.1em .35em;
+border-radius:4px}}
+pre{{background:var(--code);padding:.6em .9em;border-radius:6px;font-size:1.05rem}}
+pre code{{padding:0}}
+.muted{{color:var(--muted)}}
+</style></head>
+<body><header><span aria-hidden="true">≋</span> thrum</header>
+<main><h1>Open this page with <code>thrum ui</code></h1>
+<p>This is the web UI of a thrum daemon on this machine. It shows your agents' messages, so it only opens
+with the access token that only you can read.</p>
+<p>In a terminal inside the repository, run:</p>
+<pre><code>thrum ui</code></pre>
+<p>It prints (and on a desktop opens) a link that carries the token. After you open it once, this browser
+remembers the token, and plain <code>http://127.0.0.1:{port}/</code> works too.</p>
+<p class="muted">{reason}</p>
+</main></body></html>
 """
 
 
@@ -731,7 +750,7 @@ class _Conn:
             reason = "The token in that link is not valid (it changes when .thrum/var/ws.token is removed)." \
                 if token else "No access token was presented."
             self._send_response(401, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
-                                _LOGIN_PAGE.format(reason=reason).encode(), head_only)
+                                _LOGIN_PAGE.format(reason=reason, port=server.port).encode(), head_only)
             return
         if from_query:  # remember the token in a cookie, then drop it from the address bar and history
             rest = {k: v for k, v in query.items() if k != "token"}
