@@ -437,3 +437,16 @@ def test_ten_thousand_messages_are_paged_not_rendered(fixture_daemon, browser):
         u.wait("document.querySelectorAll('#view .msg').length === 50", what="one page of the inbox")
     finally:
         u.close()
+
+
+def test_theme_button_overrides_the_system_scheme(ui):
+    # The page follows the system's scheme until the Theme button picks one; the choice is kept.
+    u = ui(scheme="light")
+    background = "getComputedStyle(document.body).backgroundColor"
+    system_light = u.js(background)
+    seen = {}
+    for _ in range(3):  # system -> light -> dark -> system, in some order: every state is reachable
+        u.js("document.getElementById('theme').click()")
+        seen[u.js("document.documentElement.dataset.theme || 'system'")] = u.js(background)
+    assert set(seen) == {"system", "light", "dark"}, seen
+    assert seen["dark"] != system_light and seen["light"] == system_light == seen["system"]

@@ -15,6 +15,8 @@ import json
 import os
 import re
 
+from thrum import runtimes
+
 __all__ = ["RUNTIMES", "SetupError", "detect", "config_path", "server_entry", "plan", "write"]
 
 SERVER = "thrum"
@@ -55,16 +57,8 @@ _TIMEOUT_KEYS = {"codex": ("tool_timeout_sec", 660), "gemini": ("timeout", 660_0
 
 
 def detect(root: str, env: dict | None = None) -> list[dict]:
-    """Runtimes this checkout or environment points to: [{runtime, evidence}], each once."""
-    env = os.environ if env is None else env
-    found: dict[str, str] = {}
-    for runtime, marker in _MARKERS:
-        if runtime not in found and os.path.exists(os.path.join(root, marker)):
-            found[runtime] = f"found {marker}"
-    for runtime, var in _ENV:
-        if runtime not in found and env.get(var):
-            found[runtime] = f"env {var}"
-    return [{"runtime": r, "evidence": e} for r, e in found.items()]
+    """Runtimes whose MCP configuration this checkout or environment points to: [{runtime, evidence}]."""
+    return runtimes.detect(root, env, markers=_MARKERS, env_vars=_ENV)
 
 
 def config_path(runtime: str, root: str, env: dict | None = None) -> str:

@@ -77,14 +77,17 @@ _ENV = (("claude", "CLAUDE_SESSION_ID"), ("claude", "CLAUDECODE"), ("cursor", "C
         ("gemini", "GEMINI_CLI"), ("auggie", "AUGMENT_AGENT"))
 
 
-def detect(root: str, env: dict | None = None) -> list[dict]:
-    """Runtimes this checkout or environment points to: [{runtime, evidence}], each runtime once."""
+def detect(root: str, env: dict | None = None, markers=_MARKERS, env_vars=_ENV) -> list[dict]:
+    """Runtimes this checkout or environment points to: [{runtime, evidence}], each runtime once.
+
+    `markers` (runtime, path in the checkout) and `env_vars` (runtime, variable) are tried in order;
+    `thrum setup mcp` passes its own lists (the files that hold MCP configuration)."""
     env = os.environ if env is None else env
     found: dict[str, str] = {}
-    for runtime, marker in _MARKERS:
+    for runtime, marker in markers:
         if runtime not in found and os.path.exists(os.path.join(root, marker)):
             found[runtime] = f"found {marker}"
-    for runtime, var in _ENV:
+    for runtime, var in env_vars:
         if runtime not in found and env.get(var):
             found[runtime] = f"env {var}"
     return [{"runtime": r, "evidence": e} for r, e in found.items()]
