@@ -487,4 +487,4 @@ def test_zipapp_without_the_sdk_explains_how_to_get_it(tmp_path, thrum):
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert "needs the Python package `mcp`" in proc.stderr
-    assert "pipx install thrum" in proc.stderr and "pip install 'mcp" in proc.stderr
+    assert "pipx install ." in proc.stderr and "pip install 'mcp" in proc.stderr

@@ -42,7 +42,7 @@ SDK_MISSING = """\
 Error: `thrum mcp serve` needs the Python package `mcp` (the Model Context Protocol SDK, version 2.3 or newer), \
 which is not available to this thrum{why}.
   A zipapp cannot carry it (it has compiled parts). Install thrum with its dependencies instead:
-      pipx install thrum            (or, from a checkout: pipx install .)
+      pipx install .                (from a thrum checkout; it brings websockets and mcp)
   or add the SDK to the Python that runs thrum:
       python3 -m pip install 'mcp>=2.3,<3'
 """
