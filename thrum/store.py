@@ -202,7 +202,7 @@ class EventLog:
             if created_dir:
                 os.makedirs(parent, exist_ok=True)
             existed = os.path.exists(full)
-            fd = os.open(full, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(full, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             if not existed:  # the new name must survive a crash too
                 _fsync_dir(parent)
                 if created_dir:
@@ -252,7 +252,7 @@ class EventLog:
         for rel, offset in first.items():
             full = self.path(rel)
             os.makedirs(os.path.dirname(full), exist_ok=True)
-            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             try:
                 size = os.fstat(fd).st_size
                 if size < offset:
