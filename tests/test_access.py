@@ -54,7 +54,8 @@ def snapshot(root: Path) -> set[str]:
 def assert_nothing_new_outside(root: Path, before: set[str], allowed: list[Path]) -> None:
     """No path appeared under root except below one of the allowed directories."""
     prefixes = tuple(str(a) + os.sep for a in allowed)
-    stray = sorted(p for p in snapshot(root) - before if not p.startswith(prefixes))
+    tops = {str(a) for a in allowed}
+    stray = sorted(p for p in snapshot(root) - before if p not in tops and not p.startswith(prefixes))
     assert stray == [], f"files appeared outside the expected directories: {stray}"
 
 
@@ -438,3 +439,199 @@ def test_without_a_caller_a_session_is_ended_only_by_the_only_identity(daemon):
         err = rpc_error(c, "session.end", {"session_id": sid})
         assert "caller_agent_id is required" in err["message"]
     assert t.call("agent.whoami", caller_agent_id="alice")["session_id"] == sid
+
+
+# -- 4. no path escapes ----------------------------------------------------------------------------------------------
+
+EVIL = ["../../escape", "..", "/tmp/escape", "a/b", "..\\escape", "%2e%2e%2fescape", "x\x00y", "~root", ".hidden",
+        "x/../../escape", "Alice", "escape\n", " ", "a" * 300]
+
+
+def _writes_with(value: str) -> list[tuple[str, dict]]:
+    b64 = "aGk="  # "hi"
+    return [
+        ("agent.register", {"name": value, "role": "r", "module": "m"}),
+        ("agent.register", {"role": value, "module": "m"}),
+        ("agent.register", {"role": "r", "module": value}),
+        ("agent.delete", {"name": value}),
+        ("group.create", {"name": value}),
+        ("group.member.add", {"group": "team", "member_type": "role", "member_value": value}),
+        ("context.save", {"agent_name": value, "content": b64}),
+        ("context.preamble.save", {"agent_name": value, "content": b64}),
+        ("context.show", {"agent_name": value}),
+        ("context.clear", {"agent_name": value}),
+        ("context.sync", {"agent_name": value}),
+        ("session.start", {"agent_id": value, "caller_agent_id": value}),
+        ("session.heartbeat", {"session_id": value, "caller_agent_id": "alice"}),
+        ("message.get", {"message_id": value}),
+        ("message.edit", {"message_id": value, "content": "x", "caller_agent_id": "alice"}),
+        ("message.send", {"content": "x", "caller_agent_id": value}),
+        ("message.send", {"content": "x", "caller_agent_id": "alice", "mentions": [value]}),
+        ("message.send", {"content": "x", "caller_agent_id": "alice", "reply_to": value}),
+    ]
+
+
+def test_no_name_or_id_leads_a_write_outside(agents, tmp_path):
+    t = agents
+    t.call("group.create", name="team", caller_agent_id="alice")
+    before = snapshot(tmp_path)
+    accepted = []
+    tried = 0
+    with RawConn(t.socket) as c:
+        for value in EVIL:
+            for method, params in _writes_with(value):
+                reply = c.call(method, params)
+                tried += 1
+                if "error" not in reply:
+                    accepted.append((method, value))
+                assert reply.get("error", {}).get("code") != -32603, (method, value, reply)
+        # fields stored as data, never used as paths, are accepted: prove they name no file either
+        for value in EVIL[:4]:
+            c.call("message.send", {"content": "x", "caller_agent_id": "alice", "thread_id": value,
+                                    "client_id": value, "scopes": [{"type": value, "value": value}]})
+            c.call("subscribe", {"scope": {"type": "module", "value": value}, "caller_agent_id": "alice"})
+    assert accepted == [], accepted
+    assert_nothing_new_outside(tmp_path, before, [t.var, t.sync_dir / "messages", t.repo / ".git" / "objects"])
+    assert sorted(p.name for p in (t.sync_dir / "messages").iterdir()) == ["alice.jsonl"]  # bob never sent
+    print(f"refused {tried} requests carrying {len(EVIL)} hostile names")
+    # the CLI refuses the same names before they reach a path
+    for args in (["context", "save", "--agent", "../../escape", "--file", str(t.repo / "README.md")],
+                 ["context", "show", "--agent", "/tmp/escape"], ["quickstart", "--name", "../x", "--role", "r",
+                                                                 "--module", "m"],
+                 ["agent", "register", "--name", "a/b", "--role", "r", "--module", "m"]):
+        proc = t.run(*args, check=False)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert_nothing_new_outside(tmp_path, before, [t.var, t.sync_dir / "messages", t.repo / ".git" / "objects"])
+
+
+def test_hostile_identity_file_and_redirect(daemon, tmp_path):
+    t = daemon
+    before = snapshot(tmp_path)
+    ids = t.repo / ".thrum" / "identities"
+    ids.mkdir(exist_ok=True)
+    (ids / "evil.json").write_text(json.dumps({"version": 1, "agent": {"Name": "../../escape", "Role": "../r",
+                                                                       "Module": "/m"}}))
+    for args in (["send", "hi"], ["context", "save", "--file", str(t.repo / "README.md")],
+                 ["quickstart", "--role", "r", "--module", "m"], ["session", "start"]):
+        proc = t.run(*args, name="../../escape", check=False)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (args, proc.stdout, proc.stderr)
+    for args in (["status"], ["whoami"]):  # reads may show the odd name; they write nothing
+        assert "Traceback" not in t.run(*args, name="../../escape", check=False).stderr
+    (ids / "evil.json").unlink()
+    assert_nothing_new_outside(tmp_path, before, [t.var, t.repo / ".git" / "objects"])
+    # a worktree's redirect may only name a .thrum directory, never a place to put var/ in
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    wt = tmp_path / "wt"
+    git(t.repo, "worktree", "add", "-q", str(wt), "-b", "feature", env=t.env)
+    (wt / ".thrum").mkdir()
+    for target in (str(outside), str(outside) + "/", str(t.repo / ".thrum" / ".." / ".." / "outside"), "../outside"):
+        (wt / ".thrum" / "redirect").write_text(target + "\n")
+        for args in (["daemon", "start"], ["status"], ["send", "hi"]):
+            proc = t.run(*args, cwd=wt, check=False)
+            assert proc.returncode != 0 and "Traceback" not in proc.stderr, (target, args, proc.stdout, proc.stderr)
+    assert list(outside.iterdir()) == []
+
+
+# -- 4b. lines merged from a remote ------------------------------------------------------------------------------------
+
+from test_sync import as_other_writer, clones, force, remote, sync_env  # noqa: E402,F401  (fixtures)
+
+
+def _line(**fields) -> bytes:
+    base = {"v": 1, "timestamp": "2026-02-01T00:00:00Z"}
+    return json.dumps({**base, **fields}, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def test_remote_lines_naming_paths_stay_in_their_file(tmp_path, clones, remote, sync_env):
+    a = clones.clone("a")
+    a.quickstart("alice")
+    force(a)
+    hostile = (_line(type="agent.register", event_id="evt_01KEVIL0000000000000000001", agent_id="../../escape",
+                     kind="agent", name="../../escape", role="../r", module="/m")
+               + _line(type="agent.session.start", event_id="evt_01KEVIL0000000000000000002",
+                       agent_id="../../escape", session_id="../../ses")
+               + _line(type="message.create", event_id="evt_01KEVIL0000000000000000003", agent_id="../../escape",
+                       message_id="../../msg", session_id="../../ses", thread_id="../t",
+                       body={"format": "markdown", "content": "from ../../escape"})
+               + _line(type="group.create", event_id="evt_01KEVIL0000000000000000004", group_id="../g",
+                       name="../../grp", created_by="../x")
+               + _line(type="context.update", event_id="evt_01KEVIL0000000000000000005", agent_id="../../escape",
+                       content="notes")
+               + _line(type="agent.cleanup", event_id="evt_01KEVIL0000000000000000006", agent_id="../../../a",
+                       reason="x", method="manual")
+               + b'{"type":"message.create","agent_id":"/etc/x","broken\n')
+    as_other_writer(tmp_path, remote, sync_env, {"messages/gopher.jsonl": hostile})
+    before = snapshot(tmp_path)
+    res = force(a)
+    assert res["ok"] and res["bad_lines"] == 1, res
+    data = (a.sync_dir / "messages" / "gopher.jsonl").read_bytes()  # every line kept, where the remote had it
+    assert all(line in data for line in hostile.splitlines())
+    assert a.call("health").get("bad_lines", 0) >= 1
+    # acting as the remote's odd agent writes no file either
+    with RawConn(a.socket) as c:
+        for method, params in (("message.send", {"content": "x", "caller_agent_id": "../../escape"}),
+                               ("message.edit", {"message_id": "../../msg", "content": "y",
+                                                 "caller_agent_id": "../../escape"}),
+                               ("message.delete", {"message_id": "../../msg", "caller_agent_id": "../../escape"}),
+                               ("context.show", {"agent_name": "../../escape"})):
+            err = rpc_error(c, method, params)
+            assert err["code"] != -32603, (method, err)
+        c.call("agent.cleanup", {"force": True, "threshold": 0})
+    force(a)
+    assert a.call("health")["status"] == "ok"
+    assert_nothing_new_outside(tmp_path, before, [a.var, a.sync_dir / "messages", a.repo / ".git" / "objects",
+                                                  a.repo / ".git" / "refs", a.repo / ".git" / "logs",
+                                                  remote / "objects", remote / "refs"])
+    assert sorted(p.name for p in (a.sync_dir / "messages").iterdir()) == ["gopher.jsonl"]
+
+
+def test_symlinks_in_a_remote_branch_are_never_followed(tmp_path, clones, remote, sync_env):
+    """A remote a-sync whose log files are symlinks: a new clone must neither write to nor push their targets."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-KEY-MATERIAL\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    outside_dir = tmp_path / "outside_dir"
+    outside_dir.mkdir()
+    seed = tmp_path / "seed"  # made by the remote fixture; build the hostile commit there, by plumbing
+
+    def plumb(args: list[str], data: str) -> str:
+        return subprocess.run(["git", *args], cwd=seed, env=sync_env, input=data.encode(), capture_output=True,
+                              check=True, timeout=60).stdout.decode().strip()
+
+    def blob(text: str) -> str:
+        return plumb(["hash-object", "-w", "--stdin"], text)
+
+    def mktree(entries: str) -> str:
+        return plumb(["mktree"], entries)
+
+    msgs = mktree(f"120000 blob {blob(str(victim))}\talice.jsonl\n")
+    tree = mktree(f"120000 blob {blob(str(secret))}\tevents.jsonl\n040000 tree {msgs}\tmessages\n")
+    commit = git(seed, "commit-tree", tree, "-m", "hostile", env=sync_env)
+    git(seed, "push", "-q", str(remote), f"{commit}:refs/heads/a-sync", env=sync_env)
+    # and a second remote whose messages/ directory itself is a symlink
+    tree2 = mktree(f"100644 blob {blob('')}\tevents.jsonl\n120000 blob {blob(str(outside_dir))}\tmessages\n")
+    commit2 = git(seed, "commit-tree", tree2, "-m", "hostile dir", env=sync_env)
+
+    before = snapshot(tmp_path)
+    a = clones.clone("a")
+    a.quickstart("alice")
+    a.run("send", "hello", name="alice")
+    force(a)
+    assert secret.read_text() == "SECRET-KEY-MATERIAL\n" and victim.read_text() == "untouched\n"
+    pushed = git(seed, "--git-dir", str(remote), "cat-file", "-p", "a-sync:events.jsonl", env=sync_env)
+    assert "SECRET-KEY-MATERIAL" not in pushed
+    assert str(secret) in pushed  # the link's target is kept as a (bad) line, like any unparseable line
+    assert a.call("health").get("bad_lines", 0) >= 2
+    for rel in ("events.jsonl", "messages", "messages/alice.jsonl"):
+        assert not os.path.islink(a.sync_dir / rel), rel
+
+    git(seed, "push", "-q", "--force", str(remote), f"{commit2}:refs/heads/a-sync", env=sync_env)
+    b = clones.clone("b")
+    b.quickstart("bob", "reviewer")
+    b.run("send", "hello", name="bob")
+    force(b)
+    assert list(outside_dir.iterdir()) == []
+    assert not os.path.islink(b.sync_dir / "messages")
+    assert_nothing_new_outside(tmp_path, before, [tmp_path / "a", tmp_path / "b", remote])
