@@ -223,8 +223,9 @@ class Ctx:
                 self._client.connect()
             except DaemonUnavailable as exc:
                 self._client = None
-                raise CliError(f"the thrum daemon is not running for this repository ({exc})",
-                               "Start it with: thrum daemon start") from None
+                raise _foreign_owner_error(self.paths.var) or CliError(
+                    f"the thrum daemon is not running for this repository ({exc})",
+                    "Start it with: thrum daemon start") from None
         return self._client
 
     def call(self, method: str, params: dict | None = None) -> dict:
@@ -235,7 +236,8 @@ class Ctx:
         except RPCError as exc:
             raise CliError(exc.message, code=1, rpc_code=exc.code, data=exc.data) from None
         except DaemonUnavailable as exc:
-            raise CliError(str(exc), "Check the daemon with: thrum daemon status") from None
+            raise _foreign_owner_error(self.paths.var) or CliError(
+                str(exc), "Check the daemon with: thrum daemon status") from None
 
     def caller(self, params: dict | None = None, ident=None) -> dict:
         ident = ident or self.identity()
@@ -363,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except PermissionError as exc:  # most often: thrum's files here belong to another user
+        _report(_foreign_owner_error(exc.filename) or CliError(f"permission denied: {exc.filename or exc}"),
+                want_json)
+        return 1
     except Exception as exc:  # a bug: one line for users, the traceback with --debug
         if debug:
             raise
@@ -372,6 +378,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ctx is not None:
             ctx.close()
+
+
+def _foreign_owner_error(path) -> CliError | None:
+    """An error naming the owner when `path` belongs to another user (the daemon serves only its own uid)."""
+    for _ in range(64):  # up to the nearest directory we may look into: the one that keeps us out
+        try:
+            owner = os.stat(path).st_uid if path else os.geteuid()
+            break
+        except PermissionError:
+            path = os.path.dirname(os.fsdecode(path))
+        except (OSError, TypeError, ValueError):
+            return None
+    else:
+        return None
+    if owner == os.geteuid():
+        return None
+    return CliError(f"permission denied: thrum's files and daemon here ({path}) belong to uid {owner}, "
+                    f"and you are uid {os.geteuid()}; a thrum daemon serves only its own user",
+                    "Run thrum as that user, or in a repository of your own")
 
 
 def _report(exc: CliError, want_json: bool) -> None:

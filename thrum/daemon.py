@@ -710,12 +710,22 @@ def lock_is_held(paths) -> bool:
     return False
 
 
+class _PrivateLogHandler(logging.handlers.RotatingFileHandler):
+    """The log names agents and messages: 0600, also for the files rotation creates."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(fd).st_mode & 0o077:  # written by an older version
+            os.fchmod(fd, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(paths, foreground: bool) -> None:
     os.makedirs(paths.var, mode=0o700, exist_ok=True)
     root = logging.getLogger("thrum")
     root.setLevel(logging.DEBUG if os.environ.get("THRUM_DEBUG") else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=5 * 1024 * 1024, backupCount=2)
+    handler = _PrivateLogHandler(paths.log, maxBytes=5 * 1024 * 1024, backupCount=2)
     handler.setFormatter(fmt)
     root.addHandler(handler)
     if foreground and not _is_file(sys.stderr, paths.log):  # `start` sends our stderr to the log already
@@ -846,7 +856,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     # The child must import this same thrum: an installed one, a vendored copy or a zipapp.
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, child_env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "thrum", "daemon", "run", "--repo", paths.repo]
-    with open(paths.log, "ab") as logf:
+    with open(os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab") as logf:
         proc = subprocess.Popen(argv, cwd=paths.repo, env=child_env, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout

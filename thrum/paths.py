@@ -65,6 +65,8 @@ def read_redirect(local_thrum: str) -> str | None:
         raise RedirectError("redirect file is empty")
     if not os.path.isabs(target):
         raise RedirectError(f"redirect target must be absolute path, got: {target}")
+    if os.path.basename(os.path.normpath(target)) != ".thrum":  # never a way to put var/ anywhere else
+        raise RedirectError(f"redirect target must be a .thrum directory, got: {target}")
     if not os.path.isdir(target):
         raise RedirectError(f"redirect target does not exist: {target}")
     if os.path.exists(os.path.join(target, "redirect")):

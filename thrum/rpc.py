@@ -473,7 +473,10 @@ class Client:
     def send_raw(self, data: bytes) -> None:
         if self._sock is None:
             self.connect()
-        self._sock.sendall(data)
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:  # e.g. EPIPE: the daemon refused us (another uid) or went away
+            raise DaemonUnavailable(f"connection to the daemon failed: {exc.strerror or exc}") from None
 
     def read_message(self, timeout: float | None = None) -> dict:
         """The next JSON line from the daemon (a response or a notification).

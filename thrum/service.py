@@ -169,6 +169,8 @@ class Service:
                 raise PermissionDenied(f"this connection acts as {ctx.bound_agent}, not {cid}")
             return ctx.bound_agent
         if cid:
+            if ctx.transport == "ws" and getattr(ctx.conn, "browser", False) and not cid.startswith("user:"):
+                raise PermissionDenied("a browser acts as a user (user.register), never as an agent")
             if ctx.transport == "ws" and self.agent_row(cid) is not None:
                 ctx.bound_agent = cid  # a WebSocket connection acts as one identity: the first it names
             return cid
@@ -201,13 +203,13 @@ class Service:
     def _own_session(self, p: Params, ctx: CallContext):
         """The session a session.* call names (or the caller's active one), checked for ownership."""
         sid = p.str("session_id", max_len=128)
-        cid = self.caller_id(p, ctx, required=not sid)
+        cid = self.caller_id(p, ctx)  # never "anyone": without a caller, the repo's only identity
         if not sid:
             return self.require_session(cid)
         row = self.db.execute("SELECT * FROM sessions WHERE session_id=?", (sid,)).fetchone()
         if row is None:
             raise NotFound(f"session not found: {sid}")
-        if cid and row["agent_id"] != cid:
+        if row["agent_id"] != cid:
             raise PermissionDenied(f"session {sid} belongs to {row['agent_id']}, not {cid}")
         return row
 
@@ -251,6 +253,8 @@ class Service:
             agent_id = name
         if ctx.bound_agent and ctx.bound_agent != agent_id:
             raise PermissionDenied(f"this connection acts as {ctx.bound_agent}; it cannot register {agent_id}")
+        if getattr(ctx.conn, "browser", False):
+            raise PermissionDenied("agents register from their own process (thrum quickstart), not from a browser")
         if self._group_ids(agent_id):
             raise Conflict(f"'{agent_id}' is the name of a group; choose another agent name")
         existing = self.agent_row(agent_id)

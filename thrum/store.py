@@ -202,7 +202,7 @@ class EventLog:
             if created_dir:
                 os.makedirs(parent, exist_ok=True)
             existed = os.path.exists(full)
-            fd = os.open(full, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(full, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             if not existed:  # the new name must survive a crash too
                 _fsync_dir(parent)
                 if created_dir:
@@ -252,7 +252,7 @@ class EventLog:
         for rel, offset in first.items():
             full = self.path(rel)
             os.makedirs(os.path.dirname(full), exist_ok=True)
-            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             try:
                 size = os.fstat(fd).st_size
                 if size < offset:
@@ -408,7 +408,7 @@ class EventLog:
     def quarantine(self, rel: str, data: bytes, kind: str) -> str:
         os.makedirs(self.quarantine_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.quarantine_dir, f"{rel.replace('/', '__')}.{now_ns()}.{kind}")
-        with open(path, "wb") as f:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -505,6 +505,7 @@ class NeedsRebuild(Exception):
 
 
 def connect(path: str) -> sqlite3.Connection:
+    _make_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     # The log is the durable copy, so the projection may lose its last commits on
@@ -513,6 +514,21 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+def _make_private(db_path: str) -> None:
+    """The database holds every message: 0600 like the rest of var/ (SQLite gives -wal and -shm its mode)."""
+    for path in (db_path, db_path + "-wal", db_path + "-shm"):
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if path == db_path else 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            continue
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def _j(value) -> str:

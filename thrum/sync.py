@@ -218,10 +218,30 @@ def ensure_worktree(repo_root: str, sync_dir: str) -> str | None:
 
 
 def _ensure_layout(sync_dir: str) -> None:
-    os.makedirs(os.path.join(sync_dir, "messages"), exist_ok=True)
+    messages = os.path.join(sync_dir, "messages")
+    # A branch from a remote is checked out as it is: a symlink in it (events.jsonl ->
+    # ~/.ssh/id_rsa, messages -> /etc) would make us append to, and push, files outside
+    # the log. Each becomes a regular file holding its target as one (bad, kept) line.
+    _unlink_symlink(messages)
+    os.makedirs(messages, exist_ok=True)
+    for rel in ["events.jsonl"] + [os.path.join("messages", n) for n in os.listdir(messages)]:
+        _unlink_symlink(os.path.join(sync_dir, rel), keep_target=True)
     events = os.path.join(sync_dir, "events.jsonl")
     if not os.path.exists(events):
         open(events, "ab").close()
+
+
+def _unlink_symlink(path: str, keep_target: bool = False) -> None:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return  # not a symlink (or not there)
+    log.warning("replaced the symlink %s -> %s in the sync worktree by a regular file", path, target)
+    os.unlink(path)
+    if keep_target:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.fsencode(target).replace(b"\n", b" ") + b"\n")
 
 
 def remove_broken(path: str) -> None:

@@ -504,6 +504,7 @@ class _Conn:
         self.eof_pending = False     # the protocol wants the write side closed once outbuf drains
         self.closed = False
         self.identity_pending = False  # a request that may bind an identity is queued (see dispatch_checked)
+        self.browser = False           # the handshake carried an Origin: a web page, which may only be a user
         self.ctx = CallContext("ws")
         self.ctx.conn = self
         self.fragments: list[bytes] = []
@@ -731,6 +732,7 @@ class _Conn:
                 self._send_response(401, {"Content-Type": "text/plain; charset=utf-8"},
                                     b"Unauthorized: a valid token is required (see: thrum ui).\n")
                 return
+            self.browser = origin is not None
             response = self.proto.accept(request)
             self.proto.send_response(response)
             if response.status_code == 101:
