@@ -95,7 +95,14 @@ def test_agents_and_sessions(daemon):
             c.call("session.start", {"agent_id": "ghost"})
         assert exc.value.code == -32001 and "ghost" in exc.value.message
 
-        deleted = c.call("agent.delete", {"name": "bob"})
+        # Deleting bob ends his live session: another caller must ask for it explicitly (force).
+        live = c.call("session.start", {"agent_id": "bob"})["session_id"]
+        with pytest.raises(RPCError) as exc:
+            c.call("agent.delete", {"name": "bob", "caller_agent_id": "alice"})
+        assert exc.value.code == -32003 and live in exc.value.message
+        assert c.call("session.list", {"agent_id": "bob", "active_only": True})["sessions"][0]["session_id"] == live
+        deleted = c.call("agent.delete", {"name": "bob", "force": True})
+        assert c.call("session.list", {"agent_id": "bob", "active_only": True})["sessions"] == []
         assert deleted["agent_id"] == "bob" and deleted["deleted"] is True
         _has(deleted, "message")
         assert "bob" not in {a["agent_id"] for a in c.call("agent.list", {})["agents"]}

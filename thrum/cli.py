@@ -914,7 +914,7 @@ def cmd_agent_delete(ctx: Ctx) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Deletion canceled.")
             return 1
-    result = ctx.call("agent.delete", {"name": name})
+    result = ctx.call("agent.delete", {"name": name, "force": True})  # confirmed: ends a live session too
     ctx.emit(result, [f"✓ Agent {name} deleted successfully"])
     return 0
 

@@ -335,9 +335,15 @@ class Service:
             raise InvalidParams(f"invalid agent name: {exc}") from None
         if self.agent_row(name) is None:
             raise NotFound(f"agent not found: {name}")
-        for session in self.db.execute("SELECT session_id FROM sessions WHERE agent_id=? AND ended_at=''"
-                                       " AND origin_daemon=?", (name, self.origin_daemon)).fetchall():
-            self.store.append("agent.session.end", {"session_id": session[0], "reason": "agent deleted"})
+        sessions = [r[0] for r in self.db.execute("SELECT session_id FROM sessions WHERE agent_id=? AND ended_at=''"
+                                                  " AND origin_daemon=?", (name, self.origin_daemon))]
+        # Deleting an agent ends its sessions: the one way a session is ended by someone else,
+        # so it must be asked for explicitly (the CLI asks for confirmation, or --force).
+        if sessions and not p.bool("force") and self.caller_id(p, ctx, required=False) != name:
+            raise Conflict(f"agent {name} has an active session ({sessions[0]}); it ends it with "
+                           "'thrum session end', or pass force to end it and delete the agent")
+        for session in sessions:
+            self.store.append("agent.session.end", {"session_id": session, "reason": "agent deleted"})
         self.store.append("agent.cleanup", {"agent_id": name, "reason": "manual deletion", "method": "manual"})
         # The identity and context files go; the agent's messages stay in the log.
         for path in (os.path.join(self.local_thrum, "identities", name + ".json"),
