@@ -178,3 +178,166 @@ def test_thread_and_client_id_lookups_use_their_indexes(tmp_path):
                 checked += 1
     assert checked >= 6
     store.close()
+
+
+# -- slow, dead and half-open clients never stall the others -------------------------------------------
+
+def _flood_params(i: int) -> dict:
+    """A message whose notification is ~14 KB (50 long scopes): a few hundred fill the 8 MiB output bound."""
+    scopes = [{"type": "load", "value": f"{i}-{k}-" + "s" * 240} for k in range(50)]
+    return {"caller_agent_id": "alice", "content": f"flood {i}", "mentions": ["@dave"], "scopes": scopes}
+
+
+def _subscribed_slow_ws(port: int, token: str, agent: str) -> socket.socket:
+    """A WebSocket that subscribes to everything, reads the answer, then never reads again."""
+    from test_ws import _frame, _raw_ws
+
+    s = _raw_ws(port, token, rcvbuf=4096)
+    s.sendall(_frame(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {
+        "all": True, "temporary": True, "caller_agent_id": agent}})))
+    got = b""
+    deadline = time.monotonic() + STALL
+    while b"subscription_id" not in got and time.monotonic() < deadline:
+        got += s.recv(4096)
+    assert b"subscription_id" in got, got
+    return s
+
+
+def _cut_mid_frame(port: int, token: str) -> None:
+    """Start a 100 KB frame, send 1 KB of it, hang up."""
+    from test_ws import _raw_ws
+    from websockets.frames import Frame, Opcode
+
+    s = _raw_ws(port, token)
+    s.sendall(Frame(Opcode.TEXT, b"x" * 100_000).serialize(mask=True)[:1000])
+    s.close()
+
+
+def _half_open(port: int, token: str) -> socket.socket:
+    """A complete upgrade request, then silence: it never reads the 101 nor sends a frame."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    return s
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    """Read what is left; True once the daemon has closed its end (EOF or reset) within STALL."""
+    s.settimeout(STALL)
+    try:
+        while s.recv(1 << 20):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except (TimeoutError, socket.timeout):
+        return False
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - t0
+
+
+def _log_count(t, text: str) -> int:
+    return (t.var / "daemon.log").read_text().count(text)
+
+
+EPISODES = 3
+MAX_FLOOD_CHUNKS = 30  # 3,000 messages of ~14 KB notifications: far beyond what three slow readers may hold
+WS_DROP = "closing a WebSocket client that stopped reading"
+UNIX_DROP = "closing a connection that stopped reading"
+
+
+def _episode(t, fast_ws, fast_unix, sender, episode: int) -> list[float]:
+    """Three slow WebSockets, mid-frame hang-ups and a Unix client that never reads, until all are dropped.
+
+    Returns how long each probe notification and health call took meanwhile.
+    """
+    port, token = ws_port(t), ws_token(t)
+    ws_drops, unix_drops = _log_count(t, WS_DROP), _log_count(t, UNIX_DROP)
+    slow = [_subscribed_slow_ws(port, token, f"slow_{k}") for k in range(3)]
+    latencies: list[float] = []
+    try:
+        for chunk in range(MAX_FLOOD_CHUNKS):
+            base = (episode * MAX_FLOOD_CHUNKS + chunk) * 100
+            sender.send(b"".join(json.dumps({"jsonrpc": "2.0", "id": base + i, "method": "message.send",
+                                             "params": _flood_params(base + i)}).encode() + b"\n"
+                                 for i in range(100)))
+            assert all("result" in sender.recv() for _ in range(100))
+            _cut_mid_frame(port, token)
+            # The others are answered and notified promptly while the slow ones fill up.
+            mid = sender.call("message.send", {"caller_agent_id": "alice", "content": f"probe {episode}.{chunk}",
+                                               "mentions": ["@bob", "@carol"]}, rid="p")["result"]["message_id"]
+            _, took_ws = _timed(fast_ws.notification, "notification.message", lambda p: p["message_id"] == mid, STALL)
+            _, took_unix = _timed(fast_unix.notification, "notification.message", lambda p: p["message_id"] == mid,
+                                  STALL)
+            health, took_health = _timed(t.call, "health")
+            assert health["status"] == "ok"
+            latencies += [took_ws, took_unix, took_health]
+            if _log_count(t, WS_DROP) >= ws_drops + 3:
+                break
+        assert _log_count(t, WS_DROP) == ws_drops + 3
+        assert all(_closed_by_peer(s) for s in slow)
+    finally:
+        for s in slow:
+            s.close()
+    # A Unix client that asks for ~1.4 MB pages and never reads its answers is dropped too.
+    with RawConn(t.socket) as greedy:
+        greedy.send(b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "message.list",
+                                         "params": {"page_size": 100}}).encode() + b"\n" for i in range(20)))
+        wait_for(lambda: _log_count(t, UNIX_DROP) >= unix_drops + 1, 20,
+                 what="the daemon to drop the Unix client that never reads")
+        _, took_health = _timed(t.call, "health")
+        latencies.append(took_health)
+    return latencies
+
+
+def _vm(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) * 1024
+
+
+def test_slow_dead_and_half_open_clients_never_stall_the_others(agents):
+    t = agents
+    for name in ("carol", "dave", "slow_0", "slow_1", "slow_2"):
+        register(t, name, "watcher", "load")
+    port, pid = ws_port(t), t.pid()
+    rss, peaks = [_vm(pid, "VmRSS")], []
+    half = _half_open(port, ws_token(t))
+    fast_ws = WS(t, origin=f"http://127.0.0.1:{port}")
+    fast_unix = UnixListener(t)
+    latencies: list[float] = []
+    try:
+        fast_ws.call("subscribe", inbox=True, temporary=True, caller_agent_id="carol")
+        fast_unix.call("subscribe", inbox=True, temporary=True, caller_agent_id="bob")
+        with RawConn(t.socket, timeout=30) as sender:
+            for episode in range(EPISODES):
+                latencies += _episode(t, fast_ws, fast_unix, sender, episode)
+                rss.append(_vm(pid, "VmRSS"))
+                peaks.append(_vm(pid, "VmHWM"))
+        # The half-open upgrade and the fast clients are still served.
+        assert fast_ws.call("health")["status"] == "ok"
+        assert fast_unix.call("health")["status"] == "ok"
+        half.settimeout(STALL)
+        assert half.recv(1 << 16).startswith(b"HTTP/1.1 101")
+    finally:
+        half.close()
+        fast_ws.close()
+        fast_unix.close()
+    peak = _vm(pid, "VmHWM")
+    print(f"probe notifications and health: max {max(latencies) * 1000:.1f} ms over {len(latencies)}; VmRSS "
+          f"{' -> '.join(f'{x / MiB:.1f}' for x in rss)} MiB (start, after each episode); VmHWM "
+          f"{' -> '.join(f'{x / MiB:.1f}' for x in peaks)} MiB")
+    # Memory is bounded. At the peak, three slow WebSockets may each hold 8 MiB (plus a message), the
+    # Unix reader 16 MiB, and its batch of 20 encoded ~1.4 MB answers waits to be sent: about 70 MiB,
+    # so 128 MiB above the start is generous. Dropped clients' buffers must not stay behind: each
+    # episode drops ~40 MiB of them, so 64 MiB above the start after three episodes means they were
+    # freed (kept, they would add ~120 MiB).
+    assert peak - rss[0] <= 128 * MiB
+    assert rss[-1] - rss[0] <= 64 * MiB
+    assert_log_clean(t)
