@@ -540,13 +540,13 @@ def _bench_main(argv: list[str] | None = None) -> int:
     ns = argparse.Namespace(fixture=args.fixture, generate=args.generate, quick=args.quick, only="",
                             cli_env=args.cli_env, tmpdir=args.tmpdir, keep=args.keep, verbose=False,
                             profile_daemon=args.profile_daemon)
-    b = bench.Bench(ns)
+    b = _load_bench_class(bench)(ns)
     b.rows = {r.name: r for r in make_load_rows(args.rounds)}
     code, outcome = 0, {}
     try:
         bench.log(f"setting up in {args.tmpdir or 'the temp dir'} …")
         b.setup()
-        b.env["THRUM_WS_PORT"] = "0"  # never the shared default port
+        b.env["THRUM_WS_PORT"] = "0"
         if args.profile_daemon:
             os.makedirs(args.profile_daemon, exist_ok=True)
             b.start_profiled_daemon(os.path.join(os.path.abspath(args.profile_daemon), "daemon.prof"))
@@ -587,6 +587,15 @@ def _bench_main(argv: list[str] | None = None) -> int:
     if code == 0 and args.strict and outcome.get("bad"):
         code = 1
     return code
+
+
+def _load_bench_class(bench):
+    class LoadBench(bench.Bench):
+        """bench.py's set-up, with daemons on a free WebSocket port (never the shared default one)."""
+
+        def thrum(self, *args, extra_env: dict | None = None, **kw):
+            return super().thrum(*args, extra_env={"THRUM_WS_PORT": "0", **(extra_env or {})}, **kw)
+    return LoadBench
 
 
 def _measure(b, clients: int, seconds: float, rounds: int, seed: int) -> dict:
