@@ -63,3 +63,19 @@ def test_bench_missing_fixture_is_explained(tmp_path, env):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120 * FACTOR)
     assert proc.returncode == 1
     assert "fixture is missing" in proc.stderr and "nope.tar.gz" in proc.stderr
+
+
+def test_bench_load_quick(tmp_path, env):
+    """bench/bench_load.py runs one short round end to end and proves what it reports (nothing lost)."""
+    out = tmp_path / "load.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_load.py"), "--quick", "--generate", "100",
+                           "--rounds", "1", "--seconds", "1", "--strict", "--json", str(out), "--tmpdir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300 * FACTOR)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    data = json.loads(out.read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert data["completed"] is True and rows["lost"]["measured"] == 0
+    assert all(r["status"] in ("ok", "MISS", "info") for r in data["rows"]), data["rows"]
+    assert rows["send_per_s"]["measured"] > 0 and rows["health_p50"]["measured"] > 0
+    assert [ln.split("|")[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("| ")][1:] == list(rows)
+    assert not list(tmp_path.glob("thrum-bench-*"))

@@ -317,6 +317,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.outbuf = bytearray()  # now, not when the garbage collector breaks the ctx.conn cycle
         self.daemon.loop.remove(self.sock)
         self.daemon.connections.discard(self)
         for fn in self.on_close:

@@ -512,10 +512,13 @@ class Push:
         targets = [lst for lst in self.listeners.values() if lst.events]
         if not targets:
             return
-        row = self.db.execute("SELECT COUNT(*), MAX(created_ns) FROM messages WHERE thread_id=? AND deleted=0",
-                              (thread_id,)).fetchone()
-        last = self.db.execute("SELECT agent_id, content, created_at FROM messages WHERE thread_id=? AND deleted=0"
-                               " ORDER BY created_ns DESC LIMIT 1", (thread_id,)).fetchone()
+        # `thread_id!=''` lets SQLite use the partial index on thread_id (a bound value alone does not
+        # prove the index's WHERE): without it each lookup scans every message.
+        row = self.db.execute("SELECT COUNT(*), MAX(created_ns) FROM messages WHERE thread_id=? AND thread_id!=''"
+                              " AND deleted=0", (thread_id,)).fetchone()
+        last = self.db.execute("SELECT agent_id, content, created_at FROM messages WHERE thread_id=?"
+                               " AND thread_id!='' AND deleted=0 ORDER BY created_ns DESC LIMIT 1",
+                               (thread_id,)).fetchone()
         base = {"thread_id": thread_id, "message_count": row[0],
                 "last_activity": last["created_at"] if last else "", "last_sender": last["agent_id"] if last else "",
                 "preview": preview(last["content"]) if last else None,
@@ -525,7 +528,8 @@ class Push:
             unread = 0
             if agent:
                 unread = self.db.execute(
-                    "SELECT COUNT(*) FROM messages m WHERE m.thread_id=? AND m.deleted=0 AND m.agent_id!=? AND NOT"
+                    "SELECT COUNT(*) FROM messages m WHERE m.thread_id=? AND m.thread_id!='' AND m.deleted=0"
+                    " AND m.agent_id!=? AND NOT"
                     " EXISTS (SELECT 1 FROM message_reads r WHERE r.agent_id=? AND r.message_id=m.message_id)",
                     (thread_id, agent, agent)).fetchone()[0]
             lst.conn.notify("notification.thread.updated", {**base, "unread_count": unread})

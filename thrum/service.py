@@ -538,7 +538,7 @@ class Service:
         if client_id:
             # A retried send (same client id) returns the first result instead of a duplicate.
             row = self.db.execute("SELECT message_id, thread_id, created_at FROM messages WHERE agent_id=?"
-                                  " AND client_id=?", (author["agent_id"], client_id)).fetchone()
+                                  " AND client_id=? AND client_id!=''", (author["agent_id"], client_id)).fetchone()
             if row is not None:
                 return self._send_result(row["message_id"], row["thread_id"], row["created_at"], priority, True)
         session = self.cached(("session", sender["agent_id"]), lambda: self.active_session(sender["agent_id"]))
@@ -672,8 +672,8 @@ class Service:
                 args += [pair["type"], pair["value"]]
         for key, column in (("thread_id", "m.thread_id"), ("author_id", "m.agent_id"), ("reply_to", "m.reply_to")):
             value = p.str(key, max_len=128)
-            if value:
-                where.append(f"{column}=?")
+            if value:  # `!= ''` lets SQLite use the partial indexes on thread_id and reply_to
+                where.append(f"{column}=? AND {column}!=''")
                 args.append(value)
         if p.bool("exclude_self") and caller:
             where.append("m.agent_id!=?")

@@ -628,6 +628,9 @@ class _Conn:
         if self.closed:
             return
         self.closed = True
+        # Let go of unsent output now: this object is in a reference cycle (ctx.conn) and a cancelled
+        # timer holds it, so it may live on until the garbage collector's next full pass.
+        self.outbuf = bytearray()
         self.loop.cancel(self.timer)
         self.loop.remove(self.sock)
         self.server.conns.discard(self)
