@@ -234,7 +234,11 @@ def request_id_of(err: Exception) -> object:
 
 
 def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a "\ud800" escape, echoed back) is not UTF-8:
+        return json.dumps(obj, separators=(",", ":")).encode()  # Go and browsers reject it, so escape
 
 
 def encode_response(rid: object, result: object) -> bytes:
