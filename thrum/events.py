@@ -51,7 +51,7 @@ def decode_line(line: bytes) -> dict:
     """Parse one log line; raise EventError if it is not a JSON object with a type."""
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # a line nested ~1000 deep (another writer)
         raise EventError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise EventError("not an event object")

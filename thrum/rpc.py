@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 MAX_LINE = 1024 * 1024  # one request line; larger lines get TooLarge and are discarded
+MAX_DEPTH = 64  # params nesting; near Python's recursion limit (~1000) encoding a reply or event would fail
 
 
 class ThrumError(Exception):
@@ -198,7 +199,20 @@ def decode_request(line: bytes | str) -> Request:
         params = {}
     elif not isinstance(params, dict):
         raise _with_id(InvalidParams("params must be an object"), rid)
+    if _nested_deeper(params, MAX_DEPTH):
+        raise _with_id(InvalidParams(f"params are nested deeper than {MAX_DEPTH} levels"), rid)
     return Request(rid, method, params)
+
+
+def _nested_deeper(value: object, limit: int) -> bool:
+    """True if some value inside `value` lies more than `limit` lists/objects down (no recursion)."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return True
 
 
 # Python's json accepts NaN and Infinity and turns 1e999 into inf; none of them is JSON,
@@ -234,7 +248,11 @@ def request_id_of(err: Exception) -> object:
 
 
 def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a "\ud800" escape, echoed back) is not UTF-8:
+        return json.dumps(obj, separators=(",", ":")).encode()  # Go and browsers reject it, so escape
 
 
 def encode_response(rid: object, result: object) -> bytes:
