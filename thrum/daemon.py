@@ -595,6 +595,8 @@ class Daemon:
     def _maintain(self) -> None:
         self._maintenance = None
         self.store.maintain()
+        if self.store.behind:  # the database is still failing: try again later
+            self._schedule_maintenance()
 
     def run_write(self, fn):
         """Run fn(store) as its own durable batch (for components: sync merges, git context).
@@ -617,6 +619,14 @@ class Daemon:
             self._schedule_maintenance()
         return result
 
+    def _ensure_current(self) -> None:
+        from thrum.store import StorageFailure
+
+        try:
+            self.store.ensure_current()
+        except StorageFailure as exc:
+            raise StorageError(f"the change was not saved: {exc}") from None
+
     def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
         """Run one request line; returns (encoded reply or None for a notification, wrote)."""
         try:
@@ -627,6 +637,8 @@ class Daemon:
         method = None
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)
+            if method.writes:
+                self._ensure_current()  # validation must see every logged line (client_id retries)
             if method.writes and savepoint:
                 mark = self.store.savepoint()
                 try:

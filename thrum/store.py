@@ -516,7 +516,8 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def _j(value) -> str:
-    return json.dumps(value if value is not None else [], ensure_ascii=False, separators=(",", ":"))
+    # Sorted keys: a live write and a rebuild from the (canonical, sorted) log line store the same text.
+    return json.dumps(value if value is not None else [], ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 def _newer(candidate, current) -> bool:
@@ -785,6 +786,7 @@ class Store:
         self.db: sqlite3.Connection | None = None
         self.projection: Projection | None = None
         self._in_batch = False
+        self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
         self._extra_schema: list[str] = []
         self._extra_appliers: dict = {}
@@ -856,6 +858,10 @@ class Store:
         """Idle-time upkeep: fsync the log files (emptying the journal) and checkpoint the WAL."""
         if self._in_batch:
             return
+        try:
+            self.ensure_current()
+        except StorageFailure as exc:
+            log.warning("%s", exc)
         self.log.checkpoint()
         try:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -948,7 +954,8 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT may have rolled back already
+                db.execute("ROLLBACK")
             raise
         if applied:
             log.info("caught up %d event(s) from the log", applied)
@@ -977,6 +984,7 @@ class Store:
 
     def begin(self) -> None:
         if not self._in_batch:
+            self.ensure_current()
             self.db.execute("BEGIN IMMEDIATE")
             self._in_batch = True
 
@@ -1028,11 +1036,48 @@ class Store:
             self.db.execute("ROLLBACK")
             self._in_batch = False
             raise
-        for rel, (size, tail) in flushed.items():
-            self.db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, size, tail[-_TAIL:]))
-        self.db.execute("COMMIT")
+        try:
+            for rel, (size, tail) in flushed.items():
+                self.db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, size, tail[-_TAIL:]))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The lines are durable, so the writes happened: the callers must hear success
+            # (an error would make them retry and duplicate). Apply the lines from the log.
+            self._in_batch = False
+            self._project_from_log(f"the database commit failed ({exc})")
         self._in_batch = False
         return events
+
+    def _project_from_log(self, why: str) -> None:
+        """Drop the failed transaction and catch up from the log, now or before the next write."""
+        self.projection.version += 1
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite may have rolled back already
+        self.behind = why
+        log.error("%s; applying the logged lines from the log instead", why)
+        try:
+            self.ensure_current()
+        except StorageFailure as exc:
+            log.error("%s; will retry before the next write", exc)
+
+    def ensure_current(self) -> None:
+        """Before a write: a projection that missed logged lines catches up first, or the write fails.
+
+        A write validated against a projection that lacks logged lines could duplicate
+        them (a client_id retry), so it is refused with StorageFailure before it logs anything.
+        """
+        if not self.behind or self._in_batch:
+            return
+        try:
+            self.catch_up()
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"the database is behind the log and cannot catch up: {exc}") from None
+        self.projection.version += 1
+        log.warning("the projection caught up with the log after: %s", self.behind)
+        self.behind = ""
 
     def rollback(self) -> None:
         if self.projection is not None:
