@@ -171,3 +171,194 @@ def test_failed_database_commit_after_a_durable_log_write_is_not_an_error(agents
     t.start()
     assert t.call("message.get", message_id=mid)["message"]["body"]["content"] == big
     assert_projection_equals_a_rebuild(t, tmp_path)
+
+
+# -- 1. SIGKILL during concurrent writes of every kind, several rounds ---------------------------
+
+ROUNDS = 6
+MAX_OPS = 3000  # per connection and round: a bound in case the kill never lands
+
+
+class Acks:
+    """What each connection sent and what the daemon acknowledged, shared across threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sends: dict[str, tuple[str, str]] = {}   # client_id -> (author, content) sent
+        self.acked: dict[str, str] = {}               # client_id -> message_id
+        self.edits: dict[str, list[str]] = {}         # message_id -> contents sent, in order
+        self.acked_edit: dict[str, int] = {}          # message_id -> index of the last acknowledged edit
+        self.reads: set[tuple[str, str]] = set()      # (reader, message_id) acknowledged
+        self.members: set[tuple[str, str]] = set()    # (group, role) acknowledged
+        self.count = 0
+
+    def ack(self) -> None:
+        self.count += 1
+
+
+def _pipelined_sender(t, author, tag, rng, acks: Acks, stop: threading.Event) -> None:
+    """Sends windows of 1..8 pipelined message.send requests before reading the answers."""
+    with contextlib.suppress(OSError, ConnectionError), RawConn(t.socket, timeout=30) as conn:
+        i = 0
+        while i < MAX_OPS and not stop.is_set():
+            batch = []
+            for _ in range(rng.randint(1, 8)):
+                cid = f"{tag}-{author}-{i}"
+                i += 1
+                batch.append(cid)
+                with acks.lock:
+                    acks.sends[cid] = (author, f"content of {cid}")
+            conn.send(b"".join(json.dumps({"jsonrpc": "2.0", "id": cid, "method": "message.send", "params": {
+                "caller_agent_id": author, "content": f"content of {cid}", "client_id": cid}}).encode() + b"\n"
+                for cid in batch))
+            for _ in batch:
+                reply = conn.recv()
+                assert "result" in reply, reply
+                with acks.lock:
+                    acks.acked[reply["id"]] = reply["result"]["message_id"]
+                    acks.ack()
+
+
+def _mixed_writer(t, author, tag, rng, acks: Acks, stop: threading.Event, readable: list[str]) -> None:
+    """Edits its own messages, marks others' read, adds roles to its group: one request at a time."""
+    with contextlib.suppress(OSError, ConnectionError), RawConn(t.socket, timeout=30) as conn:
+        cid = f"{tag}-{author}-own"
+        with acks.lock:
+            acks.sends[cid] = (author, f"content of {cid}")
+        reply = send(conn, author, f"content of {cid}", client_id=cid)
+        mid = reply["result"]["message_id"]
+        with acks.lock:
+            acks.acked[cid] = mid
+            acks.edits[mid] = [f"content of {cid}"]
+            acks.acked_edit[mid] = 0
+        for i in range(MAX_OPS):
+            if stop.is_set():
+                break
+            kind = rng.choice(("edit", "read", "member"))
+            if kind == "edit":
+                text = f"{cid} edit {i}"
+                with acks.lock:
+                    acks.edits[mid].append(text)
+                    index = len(acks.edits[mid]) - 1
+                reply = conn.call("message.edit", {"caller_agent_id": author, "message_id": mid, "content": text})
+                assert "result" in reply, reply
+                with acks.lock:
+                    acks.acked_edit[mid] = index
+            elif kind == "read":
+                target = rng.choice(readable)
+                reply = conn.call("message.markRead", {"caller_agent_id": author, "message_ids": [target]})
+                assert "result" in reply, reply
+                with acks.lock:
+                    acks.reads.add((author, target))
+            else:
+                role = f"r_{tag}_{i}"
+                reply = conn.call("group.member.add", {"caller_agent_id": author, "group": f"g_{author}",
+                                                       "member_type": "role", "member_value": role})
+                assert "result" in reply, reply
+                with acks.lock:
+                    acks.members.add((f"g_{author}", role))
+            with acks.lock:
+                acks.ack()
+
+
+def _kill_round(t, rng, tag: str, readable: list[str], authors: list[str], acks: Acks) -> dict:
+    """Start 4-8 connections, SIGKILL the daemon after a random delay, wait for them to stop."""
+    pid = t.pid()
+    stop = threading.Event()
+    n = rng.randint(4, 8)
+    threads = []
+    for k in range(n):
+        author = authors[k % len(authors)]
+        worker_rng = random.Random(rng.random())
+        if k % 3 == 2:
+            target, args = _mixed_writer, (t, author, tag, worker_rng, acks, stop, readable)
+        else:
+            target, args = _pipelined_sender, (t, author, f"{tag}c{k}", worker_rng, acks, stop)
+        threads.append(threading.Thread(target=target, args=args, daemon=True))
+    for th in threads:
+        th.start()
+    # Kill after a seeded number of acknowledgements (timing-independent, so a slow
+    # machine still kills mid-burst), 1..300.
+    kill_after = rng.randint(1, 300)
+    wait_for(lambda: acks.count >= kill_after, 60, what=f"{kill_after} acknowledgements")
+    os.kill(pid, signal.SIGKILL)
+    for th in threads:
+        th.join(60 * FACTOR)
+        assert not th.is_alive(), "a connection did not notice the kill"
+    stop.set()
+    wait_for(lambda: not pid_alive(pid), what="the killed daemon to go away")
+    return {"connections": n, "kill_after": kill_after}
+
+
+def _check_after_restart(t, acks: Acks) -> None:
+    assert "bad_lines" not in t.call("health"), "a killed write left a line the projection cannot read"
+    counts = message_create_counts(t.sync_dir)
+    assert set(counts.values()) == {1}, "a message.create line appears twice"
+    with t.client() as c:
+        for cid, mid in acks.acked.items():
+            assert counts[mid] == 1, f"acknowledged {cid} is not in the log exactly once"
+            m = c.call("message.get", {"message_id": mid})["message"]
+            contents = acks.edits.get(mid, [acks.sends[cid][1]])
+            # The last acknowledged edit, or a later one that was in flight at the kill.
+            assert m["body"]["content"] in contents[acks.acked_edit.get(mid, 0):], (cid, m["body"])
+        assert c.call("message.list", {"page_size": 1})["total"] == len(counts)
+        # Nothing unacknowledged shows up broken: every message is one that was sent, whole.
+        sent_contents = {content for _, content in acks.sends.values()}
+        for _, e in log_events(t.sync_dir):
+            if e.get("type") == "message.create":
+                assert e["body"]["content"] in sent_contents
+    db = t.var / "messages.db"
+    reads = set(table_rows(db, "message_reads", exclude=("read_at",)))
+    assert acks.reads <= reads, "an acknowledged read marker was lost"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        members = set(conn.execute("SELECT g.name, m.member_value FROM group_members m"
+                                   " JOIN groups g ON g.group_id=m.group_id WHERE m.member_type='role'"))
+    finally:
+        conn.close()
+    assert acks.members <= members, "an acknowledged group member was lost"
+
+
+def _retry_in_flight(t, acks: Acks) -> None:
+    """Retry every unacknowledged send with its client_id: each ends up in the log once."""
+    with t.client() as c:
+        for cid, (author, content) in list(acks.sends.items()):
+            if cid not in acks.acked:
+                acks.acked[cid] = c.call("message.send", {"caller_agent_id": author, "content": content,
+                                                          "client_id": cid})["message_id"]
+    per_client = Counter(e.get("client_id") for _, e in log_events(t.sync_dir) if e.get("type") == "message.create")
+    assert {cid: per_client[cid] for cid in acks.sends} == {cid: 1 for cid in acks.sends}
+
+
+def test_sigkill_rounds_during_every_kind_of_write(daemon, tmp_path):
+    t = daemon
+    seed = int(os.environ.get("THRUM_FAULT_SEED") or random.randrange(1 << 30))
+    print(f"seed {seed} (set THRUM_FAULT_SEED={seed} to replay)")
+    rng = random.Random(seed)
+    authors = ["alice", "bob", "carol", "dave"]
+    for name in authors:
+        register(t, name, "implementer", "core")
+    with t.client() as c:
+        for name in authors:
+            c.call("group.create", {"caller_agent_id": name, "name": f"g_{name}"})
+        readable = [c.call("message.send", {"caller_agent_id": "alice", "content": f"readable {i}",
+                                          "client_id": f"seed-{i}"})["message_id"]
+                    for i in range(5)]
+    acks = Acks()
+    acks.sends.update({f"seed-{i}": ("alice", f"readable {i}") for i in range(5)})
+    acks.acked.update({f"seed-{i}": mid for i, mid in enumerate(readable)})
+    rounds = []
+    for r in range(ROUNDS):
+        acks.count = 0
+        rounds.append(_kill_round(t, rng, f"r{r}", readable, authors, acks))
+        t.start()
+        try:
+            _check_after_restart(t, acks)
+            if r % 2 == 0:  # every other round, retry what was in flight before the next kill
+                _retry_in_flight(t, acks)
+        except AssertionError as exc:
+            raise AssertionError(f"round {r} {rounds[-1]}, seed {seed}: {exc}") from exc
+        assert_projection_equals_a_rebuild(t, tmp_path)
+        t.start()
+    _retry_in_flight(t, acks)
+    print(f"{ROUNDS} kills, {sum(r['connections'] for r in rounds)} connections, {len(acks.acked)} messages")
