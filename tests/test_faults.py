@@ -362,3 +362,182 @@ def test_sigkill_rounds_during_every_kind_of_write(daemon, tmp_path):
         t.start()
     _retry_in_flight(t, acks)
     print(f"{ROUNDS} kills, {sum(r['connections'] for r in rounds)} connections, {len(acks.acked)} messages")
+
+
+# -- 2. torn and corrupt tails: of a shard, of events.jsonl, of the journal ---------------------
+
+def _acknowledged_workload(t) -> list[str]:
+    with t.client() as c:
+        c.call("group.create", {"caller_agent_id": "alice", "name": "crew"})
+        return [c.call("message.send", {"caller_agent_id": who, "content": f"kept {i}"})["message_id"]
+                for i, who in enumerate(["alice", "bob", "alice", "bob"])]
+
+
+def _assert_all_there(t, ids: list[str]) -> None:
+    counts = message_create_counts(t.sync_dir)
+    assert {mid: counts[mid] for mid in ids} == {mid: 1 for mid in ids}
+    for i, mid in enumerate(ids):
+        assert t.call("message.get", message_id=mid)["message"]["body"]["content"] == f"kept {i}"
+    assert "crew" in [g["name"] for g in t.call("group.list")["groups"]]
+
+
+TORN = b'{"agent_id":"alice","body":{"content":"cut by a cra'
+CORRUPT = b'{"type":"message.create","message_id":"msg_x","body":\x00\xff not json}\n'
+
+
+@pytest.mark.parametrize("where, junk", [
+    ("events.jsonl", TORN),
+    ("messages/bob.jsonl", TORN),
+    ("events.jsonl", CORRUPT),
+    ("messages/alice.jsonl", CORRUPT),
+    ("messages/alice.jsonl", CORRUPT + TORN),
+])
+def test_torn_or_corrupt_tail_is_kept_and_reported(agents, where, junk):
+    t = agents
+    ids = _acknowledged_workload(t)
+    t.kill()  # no clean stop: recovery and the tail repair run together
+    path = t.sync_dir / where
+    good = path.read_bytes()
+    with open(path, "ab") as f:
+        f.write(junk)
+    t.start()
+    _assert_all_there(t, ids)
+    health = t.call("health")
+    torn = junk[junk.rfind(b"\n") + 1:]
+    complete = junk[:len(junk) - len(torn)]
+    assert path.read_bytes() == good + complete  # a complete line stays where it is
+    assert health.get("bad_lines", 0) == (1 if complete else 0)
+    quarantine = t.var / "quarantine"
+    kept = [q.read_bytes() for q in quarantine.iterdir()] if quarantine.exists() else []
+    assert kept == ([torn] if torn else [])
+    assert health.get("quarantined", 0) == len(kept)
+    # The file ends cleanly: the next line is whole and readable.
+    author = "bob" if "bob" in where else "alice"
+    mid = t.json("send", "after the repair", name=author)["message_id"]
+    assert message_create_counts(t.sync_dir)[mid] == 1
+    assert t.call("message.get", message_id=mid)["message"]["body"]["content"] == "after the repair"
+
+
+def _journal_records_after_kill(t) -> tuple[list[str], list, int]:
+    """Send, then SIGKILL before the idle checkpoint; returns the ids and the journal's end."""
+    from thrum.store import Journal
+
+    with t.client() as c:
+        ids = [c.call("message.send", {"caller_agent_id": "alice", "content": f"kept {i}"})["message_id"]
+               for i in range(4)]
+        t.kill()
+    journal = Journal(str(t.var / "journal"))
+    try:
+        records = journal.read()
+    finally:
+        journal.close()
+    return ids, records, journal.pos
+
+
+@pytest.mark.parametrize("damage", ["garbage_after_records", "torn_last_record", "all_garbage"])
+def test_damaged_journal_loses_nothing_in_the_files(agents, damage):
+    """The process died (not the machine): the files hold every acknowledged line, whatever
+    became of the journal. A record that fails its checksum is never replayed."""
+    t = agents
+    rng = random.Random(damage)
+    for _ in range(5):  # the idle checkpoint may empty the journal before the kill: retry
+        ids, records, end = _journal_records_after_kill(t)
+        if records or damage == "all_garbage":
+            break
+        t.start()
+    else:
+        pytest.skip("the journal was always checkpointed before the kill")
+    before = {rel: data for rel, data in log_lines(t.sync_dir)}
+    journal = t.var / "journal"
+    with open(journal, "r+b") as f:
+        if damage == "garbage_after_records":
+            f.seek(end)
+            f.write(rng.randbytes(4096))
+        elif damage == "torn_last_record":
+            f.seek(end - 7)
+            f.write(b"\0" * 7)  # the tail of the last record never reached the disk
+        else:
+            f.write(rng.randbytes(1 << 16))
+    t.start()
+    assert {rel: data for rel, data in log_lines(t.sync_dir)} == before
+    with t.client() as c:
+        for i, mid in enumerate(ids):
+            assert c.call("message.get", {"message_id": mid})["message"]["body"]["content"] == f"kept {i}"
+    assert set(message_create_counts(t.sync_dir).values()) == {1}
+    assert "bad_lines" not in t.call("health")
+    t.json("send", "after", name="alice")
+
+
+# -- 3. a corrupt, outdated or deleted database ----------------------------------------------------
+
+def _snapshot_stop(t) -> tuple[list[str], dict]:
+    ids = _acknowledged_workload(t)
+    with t.client() as c:
+        c.call("message.markRead", {"caller_agent_id": "bob", "message_ids": ids[:2]})
+        c.call("message.edit", {"caller_agent_id": "alice", "message_id": ids[0], "content": "kept 0"})
+    t.stop()
+    return ids, _projection(t.var / "messages.db")
+
+
+def _damage_db(t, how: str, rng: random.Random) -> None:
+    db = t.var / "messages.db"
+    if how == "deleted":
+        for suffix in ("", "-wal", "-shm"):
+            (t.var / f"messages.db{suffix}").unlink(missing_ok=True)
+    elif how == "truncated":
+        with open(db, "r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    elif how == "header":
+        with open(db, "r+b") as f:
+            f.seek(rng.randrange(0, 100))
+            f.write(rng.randbytes(16))
+    elif how == "garbage_wal_shm":
+        (t.var / "messages.db-wal").write_bytes(rng.randbytes(40000))
+        (t.var / "messages.db-shm").write_bytes(rng.randbytes(32768))
+    elif how == "zero_pages":
+        with open(db, "r+b") as f:
+            f.seek(4096)
+            f.write(b"\0" * (db.stat().st_size - 4096))
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "header", "garbage_wal_shm", "zero_pages"])
+def test_damaged_database_is_rebuilt_with_the_same_content(daemon, tmp_path, how):
+    t = daemon
+    register(t, "alice", "implementer", "auth")
+    register(t, "bob", "reviewer", "auth")
+    ids, snapshot = _snapshot_stop(t)
+    _damage_db(t, how, random.Random(how))
+    t.start()
+    _assert_all_there(t, ids)
+    t.stop()
+    after = _projection(t.var / "messages.db")
+    for table in PROJECTION_TABLES:
+        assert after[table] == snapshot[table], f"table {table} differs after the {how} database was replaced"
+
+
+def test_garbage_wal_after_a_crash_is_caught_up_from_the_log(agents):
+    """SIGKILL leaves committed transactions in the WAL only; garbage in their place means an
+    older database, and the lines past its recorded offsets are applied again."""
+    t = agents
+    ids = _acknowledged_workload(t)
+    t.kill()
+    wal = t.var / "messages.db-wal"
+    wal.write_bytes(random.Random(7).randbytes(max(wal.stat().st_size, 4096)))
+    t.start()
+    _assert_all_there(t, ids)
+
+
+def test_database_deleted_under_the_running_daemon(agents, tmp_path):
+    t = agents
+    ids = _acknowledged_workload(t)
+    for suffix in ("", "-wal", "-shm"):
+        (t.var / f"messages.db{suffix}").unlink(missing_ok=True)
+    # The daemon keeps its open (now nameless) database; writes are still logged first.
+    with t.client() as c:
+        later = c.call("message.send", {"caller_agent_id": "bob", "content": "kept 4"})["message_id"]
+    t.stop()
+    assert not (t.var / "messages.db").exists()
+    t.start()
+    _assert_all_there(t, ids + [later])
+    assert "rebuilding the projection" in (t.var / "daemon.log").read_text()
+    assert_projection_equals_a_rebuild(t, tmp_path)
