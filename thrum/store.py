@@ -314,6 +314,7 @@ class EventLog:
         self._staged = []
         before: dict[str, int] = {}
         entries: list[tuple[str, int, bytes]] = []
+        new_files = [rel for rel in by_file if rel not in self._fds and not os.path.exists(self.path(rel))]
         try:
             for rel, lines in by_file.items():
                 fd = self._fd(rel)
@@ -342,8 +343,22 @@ class EventLog:
                 except OSError:
                     self.close()  # sizes unknown now: reopen and re-stat on the next write
                     break
+            self._remove_empty(new_files)
             raise StorageFailure(f"cannot write the event log: {exc.strerror or exc}") from None
         return {rel: (self._sizes[rel], lines[-1][-_TAIL:]) for rel, lines in by_file.items()}
+
+    def _remove_empty(self, rels: list[str]) -> None:
+        """Unlink files a failed flush created and left empty: a refused write leaves no trace."""
+        for rel in rels:
+            fd = self._fds.pop(rel, None)
+            self._sizes.pop(rel, None)
+            if fd is not None:
+                os.close(fd)
+            try:
+                if os.stat(self.path(rel)).st_size == 0:
+                    os.unlink(self.path(rel))
+            except OSError:
+                pass
 
     # reading
 
