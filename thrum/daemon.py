@@ -708,7 +708,8 @@ def read_pid_file(paths) -> dict:
 def lock_is_held(paths) -> bool:
     """True while some daemon holds the lock (the only trustworthy liveness test)."""
     try:
-        fd = os.open(paths.var_file(LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
+        # Read-only is enough for flock, and still works when .thrum/var is read-only.
+        fd = os.open(paths.var_file(LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -858,7 +859,11 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     # The child must import this same thrum: an installed one, a vendored copy or a zipapp.
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, child_env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "thrum", "daemon", "run", "--repo", paths.repo]
-    with open(paths.log, "ab") as logf:
+    try:
+        logf = open(paths.log, "ab")
+    except OSError as exc:  # a read-only or full .thrum/var: say which file, not a traceback
+        raise StartError(f"cannot write {exc.filename or paths.log}: {exc.strerror or exc}") from None
+    with logf:
         proc = subprocess.Popen(argv, cwd=paths.repo, env=child_env, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
