@@ -541,3 +541,125 @@ def test_database_deleted_under_the_running_daemon(agents, tmp_path):
     _assert_all_there(t, ids + [later])
     assert "rebuilding the projection" in (t.var / "daemon.log").read_text()
     assert_projection_equals_a_rebuild(t, tmp_path)
+
+
+# -- 4. a full disk and a read-only .thrum -----------------------------------------------------
+
+BIG = "y" * 30000  # crosses page boundaries: a full tmpfs cannot absorb it in a file's last page
+
+
+def _setup_two_agents(t) -> None:
+    t.start()
+    t.quickstart("alice", "implementer", "core")
+    t.quickstart("bob", "reviewer", "core")
+    t.stop()
+
+
+def _file_bytes(sync_dir: Path) -> dict:
+    return {str(p.relative_to(sync_dir)): p.read_bytes() for p in sorted(sync_dir.rglob("*.jsonl"))}
+
+
+def _assert_refused_without_trace(t, reason: str) -> int:
+    """Sends (one at a time, pipelined and from the CLI) all fail with -32006 naming the reason,
+    and leave every log file byte-for-byte as it was and the projection unchanged."""
+    before = _file_bytes(t.sync_dir)
+    total = t.call("message.list", page_size=1)["total"]
+    with RawConn(t.socket) as c:
+        reply = send(c, "alice", BIG, client_id="refused-1")
+        assert reply["error"]["code"] == -32006, reply
+        assert reason in reply["error"]["message"], reply
+        c.send(b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "message.send", "params": {
+            "caller_agent_id": who, "content": BIG}}).encode() + b"\n" for i, who in enumerate(["alice", "bob"] * 3)))
+        replies = [c.recv() for _ in range(6)]
+        assert [r.get("error", {}).get("code") for r in replies] == [-32006] * 6, replies
+    proc = t.run("send", BIG, name="bob", check=False)
+    assert proc.returncode != 0 and reason in proc.stderr, (proc.returncode, proc.stderr)
+    assert _file_bytes(t.sync_dir) == before, "a refused write left bytes in the log"
+    assert t.call("message.list", page_size=1)["total"] == total
+    return 8
+
+
+def _assert_clean_restart(t, tmp_path, acked: list[str]) -> None:
+    t.stop()
+    t.start()
+    health = t.call("health")
+    assert "bad_lines" not in health and "quarantined" not in health, health
+    counts = message_create_counts(t.sync_dir)
+    assert {mid: counts[mid] for mid in acked} == {mid: 1 for mid in acked}
+    assert set(counts.values()) == {1}
+    assert t.call("message.list", page_size=1)["total"] == len(counts)
+    assert_projection_equals_a_rebuild(t, tmp_path)
+
+
+def test_full_disk_under_the_log_refuses_writes_and_leaves_no_trace(thrum, tmp_path):
+    t = thrum
+    _setup_two_agents(t)
+    with tmpfs_over(t.sync_dir, "2m"):
+        try:
+            t.start()
+            acked = [t.call("message.send", caller_agent_id="alice", content="before")["message_id"]]
+            filler = fill(t.sync_dir)
+            faults = _assert_refused_without_trace(t, "No space left on device")
+            filler.unlink()
+            acked += [t.call("message.send", caller_agent_id=who, content=BIG, client_id=f"ok-{who}")["message_id"]
+                      for who in ("alice", "bob")]
+            _assert_clean_restart(t, tmp_path, acked)
+            print(f"{faults} writes refused on a full disk")
+        finally:
+            t.kill()
+
+
+def _bind(target: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    proc = subprocess.run(["mount", "--bind", str(target), str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+
+
+def _bind_mode(target: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,bind,{mode}", str(target)], check=True, capture_output=True)
+
+
+def test_read_only_log_while_running_and_at_start(thrum, tmp_path):
+    """chmod does not stop root: a read-only bind mount does. The daemon opens a log file
+    for writing only on its first write, so the remount succeeds while it runs."""
+    t = thrum
+    _setup_two_agents(t)
+    _bind(t.sync_dir)
+    try:
+        t.start()
+        _bind_mode(t.sync_dir, "ro")
+        faults = _assert_refused_without_trace(t, "Read-only file system")
+        _bind_mode(t.sync_dir, "rw")
+        acked = [t.call("message.send", caller_agent_id="alice", content="writable again")["message_id"]]
+        t.stop()
+        _bind_mode(t.sync_dir, "ro")
+        proc = t.run("daemon", "start", check=False)
+        assert proc.returncode == 1, proc
+        assert "Read-only file system" in proc.stderr and str(t.sync_dir) in proc.stderr, proc.stderr
+        faults += 1
+        _bind_mode(t.sync_dir, "rw")
+    finally:
+        t.kill()
+        _umount(t.sync_dir)
+    _assert_clean_restart(t, tmp_path, acked)
+    print(f"{faults} writes and starts refused on a read-only log")
+
+
+def test_read_only_var_at_start_names_the_path(thrum):
+    t = thrum
+    _setup_two_agents(t)
+    _bind(t.var)
+    try:
+        _bind_mode(t.var, "ro")
+        proc = t.run("daemon", "start", check=False)
+        assert proc.returncode == 1
+        assert "Read-only file system" in proc.stderr and str(t.var) in proc.stderr, proc.stderr
+        assert "unexpected error" not in proc.stderr
+    finally:
+        t.kill()
+        _umount(t.var)
+    t.start()
+    assert {a["agent_id"] for a in t.call("agent.list")["agents"]} >= {"alice", "bob"}
+    t.stop()
