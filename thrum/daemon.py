@@ -395,9 +395,7 @@ class Daemon:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            info = read_pid_file(self.paths)
-            who = f" (PID {info['pid']})" if info.get("pid") else ""
-            raise StartError(f"daemon is already running{who} for repo {info.get('repo_path', self.paths.repo)}")
+            raise already_running(self.paths) from None
         self.lock_fd = fd
 
     def write_pid_file(self) -> None:
@@ -705,6 +703,24 @@ def read_pid_file(paths) -> dict:
         return {}
 
 
+def already_running(paths, wait: float = 2.0) -> "StartError":
+    """The error for a start that found the lock held, naming the daemon that holds it.
+
+    Right after a crash the pid file still names the dead daemon until the new holder
+    (which locks first, then writes it) replaces it: wait, bounded, for a live pid.
+    """
+    deadline = time.monotonic() + wait
+    info = read_pid_file(paths)
+    while not (isinstance(info.get("pid"), int) and info["pid"] != os.getpid() and not _exited(info["pid"])):
+        if time.monotonic() >= deadline:
+            info = {}
+            break
+        time.sleep(0.01)
+        info = read_pid_file(paths)
+    who = f" (PID {info['pid']})" if info.get("pid") else ""
+    return StartError(f"daemon is already running{who} for repo {info.get('repo_path', paths.repo)}")
+
+
 def lock_is_held(paths) -> bool:
     """True while some daemon holds the lock (the only trustworthy liveness test)."""
     try:
@@ -850,9 +866,7 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
 
     paths = paths.for_daemon()
     if lock_is_held(paths):
-        info = read_pid_file(paths)
-        raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "
-                         f"{info.get('repo_path', paths.repo)}")
+        raise already_running(paths)
     os.makedirs(paths.var, mode=0o700, exist_ok=True)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env = dict(os.environ if env is None else env)
@@ -872,6 +886,8 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            if lock_is_held(paths):  # our child lost the lock to a daemon started at the same moment
+                raise already_running(paths)
             tail = log_tail(paths, 6)
             raise StartError(f"the daemon exited during start-up (code {code}). See the log: {paths.log}"
                              + (f"\n{tail}" if tail else ""))
@@ -879,6 +895,10 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
             try:
                 with Client(sock, timeout=2) as client:
                     health = client.call("health")
+                if health.get("pid") not in (None, proc.pid):
+                    # Another daemon answers: ours lost the lock to it and is exiting.
+                    proc.wait(timeout)
+                    raise already_running(paths)
                 return {"pid": proc.pid, "health": health}
             except (DaemonUnavailable, RPCError):
                 pass
