@@ -663,3 +663,77 @@ def test_read_only_var_at_start_names_the_path(thrum):
     t.start()
     assert {a["agent_id"] for a in t.call("agent.list")["agents"]} >= {"alice", "bob"}
     t.stop()
+
+
+# -- 7. several daemons started at once for one repository ---------------------------------------
+
+START_RACE = [("daemon", "start")] * 6 + [("daemon", "run"), ("daemon", "start", "--foreground")]
+
+
+def _launch_race(t, barrier_file: Path) -> list[subprocess.Popen]:
+    """Start every contender at (nearly) the same moment: each waits for one file to appear."""
+    wait = ("import os, runpy, sys, time\n"
+            "for _ in range(20000):\n"
+            f"    if os.path.exists({str(barrier_file)!r}): break\n"
+            "    time.sleep(0.0005)\n"
+            "sys.argv = ['thrum'] + sys.argv[1:]\n"
+            "runpy.run_module('thrum', run_name='__main__')\n")
+    return [subprocess.Popen([sys.executable, "-c", wait, *argv], cwd=t.repo, env=t.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for argv in START_RACE]
+
+
+def _health_pid(t) -> int | None:
+    try:
+        return t.call("health")["pid"]
+    except Exception:  # not listening yet, or a dead daemon's socket
+        return None
+
+
+@pytest.mark.parametrize("previous", ["fresh", "after_sigkill"])
+def test_daemons_started_at_once_one_wins_the_others_name_it(thrum, tmp_path, previous):
+    t = thrum
+    if previous == "after_sigkill":  # a stale pid file and socket from a dead daemon
+        t.start()
+        t.kill()
+    barrier = tmp_path / "go"
+    procs = _launch_race(t, barrier)
+    try:
+        barrier.touch()
+        done = {}
+        def finished(indices):
+            for i in indices:
+                if i not in done and procs[i].poll() is not None:
+                    done[i] = (procs[i].returncode, *procs[i].communicate())
+            return all(i in done for i in indices)
+        # Background starts return once they succeed or fail; a foreground winner keeps running.
+        background = [i for i, argv in enumerate(START_RACE) if argv == ("daemon", "start")]
+        wait_for(lambda: finished(background), 60, what="every background start to return")
+        winner = wait_for(lambda: _health_pid(t), 30, what="the winner to answer")
+        losers = [i for i in range(len(procs)) if procs[i].pid != winner]
+        wait_for(lambda: finished(losers), 60, what="every foreground loser to exit")
+        assert t.pid() == winner and pid_alive(winner)
+        winners = [i for i, (code, _, _) in done.items() if code == 0]
+        foreground = [i for i in range(len(procs)) if i not in done]
+        assert len(winners) + len(foreground) == 1, (winners, foreground, done)
+        if foreground:
+            assert procs[foreground[0]].pid == winner
+        for i, (code, out, err) in done.items():
+            if code == 0:
+                assert str(winner) in out + err, (START_RACE[i], out, err)
+                continue
+            assert code == 1, (START_RACE[i], code, err)
+            assert "already running" in err and f"PID {winner}" in err, (START_RACE[i], err)
+        # The winner keeps serving and owns the lock, the pid file and the socket.
+        from thrum.daemon import lock_is_held
+        from thrum.paths import resolve
+
+        assert lock_is_held(resolve(str(t.repo)))
+        t.quickstart("alice")
+        assert t.call("health")["pid"] == winner
+        print(f"{len(procs) - 1} contenders refused")
+    finally:
+        t.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
