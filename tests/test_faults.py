@@ -737,3 +737,80 @@ def test_daemons_started_at_once_one_wins_the_others_name_it(thrum, tmp_path, pr
             if p.poll() is None:
                 p.kill()
             p.communicate()
+
+
+# -- 6. git failing mid-sync: a hanging fetch, a dying upload-pack, a push killed half-way --------
+
+from test_sync import clones, event_id_counts, force, message_ids, remote, sync_env  # noqa: E402,F401
+
+NETWORK_TIMEOUT = 3  # seconds the daemon gives a fetch or push here (THRUM_GIT_NETWORK_TIMEOUT)
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _failing_round(t, label: str, reason: str = "") -> None:
+    """A forced round fails with an error (never hangs), and the daemon answers afterwards."""
+    proc = t.run("sync", "force", "--json", check=False, timeout=60)
+    assert proc.returncode == 1, (label, proc.stdout, proc.stderr)
+    status = t.json("sync", "status")
+    assert status["sync_state"] == "error", label
+    assert reason in status.get("last_error", ""), (label, status)
+    assert t.call("health")["status"] == "ok"
+
+
+def test_git_failing_mid_sync_loses_nothing(tmp_path, clones, sync_env):
+    env_a = dict(sync_env, THRUM_GIT_NETWORK_TIMEOUT=str(NETWORK_TIMEOUT * FACTOR))
+    a = clones.clone("a", env=env_a)
+    a.quickstart("alice")
+    force(a)
+    b = clones.clone("b")
+    b.quickstart("bob")
+    force(b)
+    force(a)
+    sent = set()
+    upload_pack_faults = {
+        # A remote that never answers: the daemon's timeout must kill git and its children.
+        "hanging fetch": _script(tmp_path / "hang.sh", "sleep 30\n"),
+        # A remote that dies after half a packet line.
+        "dying upload-pack": _script(tmp_path / "die.sh", "printf '0032want'\nexit 1\n"),
+    }
+    for label, script in upload_pack_faults.items():
+        sent |= {a.json("send", f"{label} {i}", name="alice")["message_id"] for i in range(3)}
+        sent |= {b.json("send", f"{label} b{i}", name="bob")["message_id"] for i in range(2)}
+        subprocess.run(["git", "-C", str(a.repo), "config", "remote.origin.uploadpack", str(script)], check=True,
+                       env=sync_env)
+        try:
+            _failing_round(a, label, "timed out" if "hanging" in label else "")
+        finally:
+            subprocess.run(["git", "-C", str(a.repo), "config", "--unset", "remote.origin.uploadpack"], check=True,
+                           env=sync_env)
+        force(b)
+    # The fetch works, the push hangs (a receive-pack that never advertises its refs).
+    subprocess.run(["git", "-C", str(a.repo), "config", "remote.origin.receivepack",
+                    str(_script(tmp_path / "recv.sh", "sleep 30\n"))], check=True, env=sync_env)
+    sent |= {a.json("send", f"push hangs {i}", name="alice")["message_id"] for i in range(3)}
+    try:
+        _failing_round(a, "push hangs", "timed out")
+    finally:
+        subprocess.run(["git", "-C", str(a.repo), "config", "--unset", "remote.origin.receivepack"], check=True,
+                       env=sync_env)
+    # The remote receives the whole pack, then a hook refuses it.
+    hook = _script(clones.remote / "hooks" / "pre-receive", "cat >/dev/null\necho refused by policy >&2\nexit 1\n")
+    sent |= {a.json("send", f"push refused {i}", name="alice")["message_id"] for i in range(3)}
+    try:
+        _failing_round(a, "push refused by a hook")
+    finally:
+        hook.unlink()
+    # Healed: rounds on both sides converge, every message in both clones, once.
+    for t in (a, b, a, b):
+        assert force(t)["ok"]
+    for t in (a, b):
+        assert sent <= message_ids(t)
+        assert set(event_id_counts(t).values()) == {1}
+    assert message_ids(a) == message_ids(b)
+    assert a.json("sync", "status")["sync_state"] == "synced"
+    print("4 git faults injected (hanging fetch, dying upload-pack, hanging push, refused push)")
