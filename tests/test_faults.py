@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FACTOR, ROOT, Thrum, pid_alive, wait_for
+from conftest import FACTOR, Thrum, pid_alive, wait_for
 from helpers import RawConn, log_events, log_lines, message_create_counts, register, table_rows
+from test_sync import clones, event_id_counts, force, message_ids, remote, sync_env  # noqa: F401 (fixtures)
 
 # Tables of messages.db that a rebuild from the log must reproduce. Columns that
 # docs/guarantees.md names local-only (heartbeats, git check times) are left out.
@@ -73,10 +74,6 @@ def _mount_tmpfs(target: Path, size: str) -> None:
 def _umount(target: Path) -> None:
     # Lazy: a daemon that failed to stop must not leave the mount behind either.
     subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
-def _remount(target: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(target)], check=True, capture_output=True)
 
 
 @contextlib.contextmanager
@@ -740,8 +737,6 @@ def test_daemons_started_at_once_one_wins_the_others_name_it(thrum, tmp_path, pr
 
 
 # -- 6. git failing mid-sync: a hanging fetch, a dying upload-pack, a push killed half-way --------
-
-from test_sync import clones, event_id_counts, force, message_ids, remote, sync_env  # noqa: E402,F401
 
 NETWORK_TIMEOUT = 3  # seconds the daemon gives a fetch or push here (THRUM_GIT_NETWORK_TIMEOUT)
 
