@@ -396,9 +396,7 @@ class Daemon:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            info = read_pid_file(self.paths)
-            who = f" (PID {info['pid']})" if info.get("pid") else ""
-            raise StartError(f"daemon is already running{who} for repo {info.get('repo_path', self.paths.repo)}")
+            raise already_running(self.paths) from None
         self.lock_fd = fd
 
     def write_pid_file(self) -> None:
@@ -596,6 +594,8 @@ class Daemon:
     def _maintain(self) -> None:
         self._maintenance = None
         self.store.maintain()
+        if self.store.behind:  # the database is still failing: try again later
+            self._schedule_maintenance()
 
     def run_write(self, fn):
         """Run fn(store) as its own durable batch (for components: sync merges, git context).
@@ -618,6 +618,14 @@ class Daemon:
             self._schedule_maintenance()
         return result
 
+    def _ensure_current(self) -> None:
+        from thrum.store import StorageFailure
+
+        try:
+            self.store.ensure_current()
+        except StorageFailure as exc:
+            raise StorageError(f"the change was not saved: {exc}") from None
+
     def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
         """Run one request line; returns (encoded reply or None for a notification, wrote)."""
         try:
@@ -628,6 +636,8 @@ class Daemon:
         method = None
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)
+            if method.writes:
+                self._ensure_current()  # validation must see every logged line (client_id retries)
             if method.writes and savepoint:
                 mark = self.store.savepoint()
                 try:
@@ -694,10 +704,29 @@ def read_pid_file(paths) -> dict:
         return {}
 
 
+def already_running(paths, wait: float = 2.0) -> "StartError":
+    """The error for a start that found the lock held, naming the daemon that holds it.
+
+    Right after a crash the pid file still names the dead daemon until the new holder
+    (which locks first, then writes it) replaces it: wait, bounded, for a live pid.
+    """
+    deadline = time.monotonic() + wait
+    info = read_pid_file(paths)
+    while not (isinstance(info.get("pid"), int) and info["pid"] != os.getpid() and not _exited(info["pid"])):
+        if time.monotonic() >= deadline:
+            info = {}
+            break
+        time.sleep(0.01)
+        info = read_pid_file(paths)
+    who = f" (PID {info['pid']})" if info.get("pid") else ""
+    return StartError(f"daemon is already running{who} for repo {info.get('repo_path', paths.repo)}")
+
+
 def lock_is_held(paths) -> bool:
     """True while some daemon holds the lock (the only trustworthy liveness test)."""
     try:
-        fd = os.open(paths.var_file(LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
+        # Read-only is enough for flock, and still works when .thrum/var is read-only.
+        fd = os.open(paths.var_file(LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -848,16 +877,18 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
 
     paths = paths.for_daemon()
     if lock_is_held(paths):
-        info = read_pid_file(paths)
-        raise StartError(f"daemon is already running (PID {info.get('pid', '?')}) for repo "
-                         f"{info.get('repo_path', paths.repo)}")
+        raise already_running(paths)
     os.makedirs(paths.var, mode=0o700, exist_ok=True)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env = dict(os.environ if env is None else env)
     # The child must import this same thrum: an installed one, a vendored copy or a zipapp.
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, child_env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "thrum", "daemon", "run", "--repo", paths.repo]
-    with open(os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab") as logf:
+    try:
+        logf = open(os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
+    except OSError as exc:  # a read-only or full .thrum/var: say which file, not a traceback
+        raise StartError(f"cannot write {exc.filename or paths.log}: {exc.strerror or exc}") from None
+    with logf:
         proc = subprocess.Popen(argv, cwd=paths.repo, env=child_env, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
@@ -866,6 +897,8 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            if lock_is_held(paths):  # our child lost the lock to a daemon started at the same moment
+                raise already_running(paths)
             tail = log_tail(paths, 6)
             raise StartError(f"the daemon exited during start-up (code {code}). See the log: {paths.log}"
                              + (f"\n{tail}" if tail else ""))
@@ -873,6 +906,10 @@ def start_background(paths, *, timeout: float = 10.0, env: dict | None = None) -
             try:
                 with Client(sock, timeout=2) as client:
                     health = client.call("health")
+                if health.get("pid") not in (None, proc.pid):
+                    # Another daemon answers: ours lost the lock to it and is exiting.
+                    proc.wait(timeout)
+                    raise already_running(paths)
                 return {"pid": proc.pid, "health": health}
             except (DaemonUnavailable, RPCError):
                 pass

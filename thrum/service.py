@@ -230,7 +230,16 @@ class Service:
         bad = self.db.execute("SELECT COUNT(*) FROM bad_lines").fetchone()[0]
         if bad:
             result["bad_lines"] = bad
+        quarantined = self._quarantined_files()
+        if quarantined:  # torn tails and replaced bytes kept aside at start-up, for a human to look at
+            result["quarantined"] = quarantined
         return result
+
+    def _quarantined_files(self) -> int:
+        try:
+            return len(os.listdir(self.store.log.quarantine_dir))
+        except OSError:
+            return 0
 
     # -- agents ---------------------------------------------------------------------
 

@@ -314,6 +314,7 @@ class EventLog:
         self._staged = []
         before: dict[str, int] = {}
         entries: list[tuple[str, int, bytes]] = []
+        new_files = [rel for rel in by_file if rel not in self._fds and not os.path.exists(self.path(rel))]
         try:
             for rel, lines in by_file.items():
                 fd = self._fd(rel)
@@ -342,8 +343,22 @@ class EventLog:
                 except OSError:
                     self.close()  # sizes unknown now: reopen and re-stat on the next write
                     break
+            self._remove_empty(new_files)
             raise StorageFailure(f"cannot write the event log: {exc.strerror or exc}") from None
         return {rel: (self._sizes[rel], lines[-1][-_TAIL:]) for rel, lines in by_file.items()}
+
+    def _remove_empty(self, rels: list[str]) -> None:
+        """Unlink files a failed flush created and left empty: a refused write leaves no trace."""
+        for rel in rels:
+            fd = self._fds.pop(rel, None)
+            self._sizes.pop(rel, None)
+            if fd is not None:
+                os.close(fd)
+            try:
+                if os.stat(self.path(rel)).st_size == 0:
+                    os.unlink(self.path(rel))
+            except OSError:
+                pass
 
     # reading
 
@@ -532,7 +547,8 @@ def _make_private(db_path: str) -> None:
 
 
 def _j(value) -> str:
-    return json.dumps(value if value is not None else [], ensure_ascii=False, separators=(",", ":"))
+    # Sorted keys: a live write and a rebuild from the (canonical, sorted) log line store the same text.
+    return json.dumps(value if value is not None else [], ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 def _newer(candidate, current) -> bool:
@@ -801,6 +817,7 @@ class Store:
         self.db: sqlite3.Connection | None = None
         self.projection: Projection | None = None
         self._in_batch = False
+        self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
         self._extra_schema: list[str] = []
         self._extra_appliers: dict = {}
@@ -872,6 +889,10 @@ class Store:
         """Idle-time upkeep: fsync the log files (emptying the journal) and checkpoint the WAL."""
         if self._in_batch:
             return
+        try:
+            self.ensure_current()
+        except StorageFailure as exc:
+            log.warning("%s", exc)
         self.log.checkpoint()
         try:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -964,7 +985,8 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT may have rolled back already
+                db.execute("ROLLBACK")
             raise
         if applied:
             log.info("caught up %d event(s) from the log", applied)
@@ -993,6 +1015,7 @@ class Store:
 
     def begin(self) -> None:
         if not self._in_batch:
+            self.ensure_current()
             self.db.execute("BEGIN IMMEDIATE")
             self._in_batch = True
 
@@ -1044,11 +1067,48 @@ class Store:
             self.db.execute("ROLLBACK")
             self._in_batch = False
             raise
-        for rel, (size, tail) in flushed.items():
-            self.db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, size, tail[-_TAIL:]))
-        self.db.execute("COMMIT")
+        try:
+            for rel, (size, tail) in flushed.items():
+                self.db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, size, tail[-_TAIL:]))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The lines are durable, so the writes happened: the callers must hear success
+            # (an error would make them retry and duplicate). Apply the lines from the log.
+            self._in_batch = False
+            self._project_from_log(f"the database commit failed ({exc})")
         self._in_batch = False
         return events
+
+    def _project_from_log(self, why: str) -> None:
+        """Drop the failed transaction and catch up from the log, now or before the next write."""
+        self.projection.version += 1
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite may have rolled back already
+        self.behind = why
+        log.error("%s; applying the logged lines from the log instead", why)
+        try:
+            self.ensure_current()
+        except StorageFailure as exc:
+            log.error("%s; will retry before the next write", exc)
+
+    def ensure_current(self) -> None:
+        """Before a write: a projection that missed logged lines catches up first, or the write fails.
+
+        A write validated against a projection that lacks logged lines could duplicate
+        them (a client_id retry), so it is refused with StorageFailure before it logs anything.
+        """
+        if not self.behind or self._in_batch:
+            return
+        try:
+            self.catch_up()
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"the database is behind the log and cannot catch up: {exc}") from None
+        self.projection.version += 1
+        log.warning("the projection caught up with the log after: %s", self.behind)
+        self.behind = ""
 
     def rollback(self) -> None:
         if self.projection is not None:

@@ -28,7 +28,8 @@ EMPTY_INIT_MESSAGE = "Initialize Thrum sync data"
 IDENTITY = ("thrum", "thrum@localhost")
 ROOT_DATE = "1767225600 +0000"  # 2026-01-01T00:00:00Z: the date of every a-sync root commit
 DEFAULT_TIMEOUT = 10.0
-FETCH_TIMEOUT = 60.0  # network calls (fetch, push)
+# Network calls (fetch, push); THRUM_GIT_NETWORK_TIMEOUT shortens it (tests of a hanging remote).
+FETCH_TIMEOUT = float(os.environ.get("THRUM_GIT_NETWORK_TIMEOUT") or 60.0)
 
 
 class GitError(Exception):
