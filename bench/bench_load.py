@@ -8,7 +8,8 @@
 
 Set-up is bench.py's (a temp dir with a fresh repo, the fixture migrated, thrum byte-compiled
 into a fresh venv, a daemon of its own). Then each client (a thread; half of them on the Unix
-socket, half on a WebSocket with the token and the daemon's Origin) is one agent with a
+socket, half on a WebSocket with the token and no Origin: a browser, which sends one, is only ever a
+user) is one agent with a
 temporary inbox subscription, held open for the whole run, and does a seeded random mix of
 `message.send` (to another client, sometimes to all of them by role), inbox pages (`message.list`
 for_agent, unread, a thread), `message.markRead` of what it was notified of, `agent.list`, and
@@ -107,15 +108,14 @@ class UnixClient:
 
 
 class WSClient:
-    """One agent on a WebSocket (token in the URL, the daemon's own Origin); notifications are collected."""
+    """One agent on a WebSocket (token in the URL, no Origin: not a browser); notifications are collected."""
 
     transport = "ws"
 
     def __init__(self, port: int, token: str, timeout: float) -> None:
         from websockets.sync.client import connect
 
-        origin = f"http://127.0.0.1:{port}"
-        self._cm = connect(f"ws://127.0.0.1:{port}/ws?token={token}", origin=origin, open_timeout=timeout,
+        self._cm = connect(f"ws://127.0.0.1:{port}/ws?token={token}", open_timeout=timeout,
                            close_timeout=2, max_size=None, proxy=None)
         self.conn = self._cm.__enter__()
         self.timeout = timeout
