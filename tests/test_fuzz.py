@@ -93,6 +93,9 @@ class _FakeStore:
     def rollback(self):
         pass
 
+    def ensure_current(self):
+        pass
+
 
 def _typed_handler(p: rpc.Params, ctx) -> dict:
     """Reads every key through one of the Params accessors (picked by the key), as real handlers do."""
@@ -110,6 +113,7 @@ def make_dispatch():
     registry.add("typed.write", _typed_handler, writes=True)
     registry.add("unix.only", lambda p, ctx: {}, transports=("ws",))
     daemon = SimpleNamespace(service=SimpleNamespace(registry=registry), store=_FakeStore())
+    daemon._ensure_current = lambda: Daemon._ensure_current(daemon)
     conn = SimpleNamespace(ctx=SimpleNamespace(transport="unix"))
     return lambda line: Daemon.dispatch(daemon, conn, line)[0]
 
