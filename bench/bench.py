@@ -1073,31 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)  # the bench's own client code comes from this checkout
     b = Bench(args)
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    code = 0
-    try:
-        run(b)
-    except SetupError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("Interrupted; cleaning up.", file=sys.stderr)
-        code = 130
-    except Exception:
-        traceback.print_exc()
-        print("Error: the benchmark could not complete its setup (see above).", file=sys.stderr)
-        code = 1
-    finally:
-        try:
-            if args.profile_daemon and b.daemon_pid:
-                b.stop_daemon()
-                _write_profile_summary(args.profile_daemon)
-        except Exception as exc:
-            log(f"writing the profile failed: {exc}")
-        cleanup(b)
+    code = run_guarded(b, args, run, "the benchmark could not complete its setup")
     if code == 1 and not any(r.status not in ("not run",) for r in b.rows.values()):
         return code
     conditions = collect_conditions(b)
@@ -1109,6 +1085,40 @@ def main(argv: list[str] | None = None) -> int:
                        "completed": code == 0}, f, indent=2)
     if code == 0 and args.strict and any(r.status in ("MISS", "error") for r in b.rows.values()):
         code = 1
+    return code
+
+
+def run_guarded(b: "Bench", args, body, failure: str) -> int:
+    """Run body(b); whatever happens, stop a profiled daemon (writing its profile) and clean up.
+
+    Returns 0, 1 (a setup error or a crash, reported on stderr as `failure`) or 130 (interrupted,
+    also by SIGTERM/SIGHUP, so that an interrupted run still removes its temp dir and daemon).
+    """
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    code = 0
+    try:
+        body(b)
+    except SetupError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("Interrupted; cleaning up.", file=sys.stderr)
+        code = 130
+    except Exception:
+        traceback.print_exc()
+        print(f"Error: {failure} (see above).", file=sys.stderr)
+        code = 1
+    finally:
+        try:
+            if args.profile_daemon and b.daemon_pid:
+                b.stop_daemon()
+                _write_profile_summary(args.profile_daemon)
+        except Exception as exc:
+            log(f"writing the profile failed: {exc}")
+        cleanup(b)
     return code
 
 

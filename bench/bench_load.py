@@ -542,8 +542,9 @@ def _bench_main(argv: list[str] | None = None) -> int:
                             profile_daemon=args.profile_daemon)
     b = _load_bench_class(bench)(ns)
     b.rows = {r.name: r for r in make_load_rows(args.rounds)}
-    code, outcome = 0, {}
-    try:
+    outcome: dict = {}
+
+    def body(b) -> None:
         bench.log(f"setting up in {args.tmpdir or 'the temp dir'} …")
         b.setup()
         b.env["THRUM_WS_PORT"] = "0"
@@ -553,27 +554,8 @@ def _bench_main(argv: list[str] | None = None) -> int:
         else:
             b.start_daemon()
         bench.log(f"dataset: {b.dataset}")
-        outcome = _measure(b, clients, seconds, args.rounds, args.seed)
-    except bench.SetupError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("Interrupted; cleaning up.", file=sys.stderr)
-        code = 130
-    except Exception:
-        import traceback
-
-        traceback.print_exc()
-        print("Error: the load benchmark could not complete (see above).", file=sys.stderr)
-        code = 1
-    finally:
-        try:
-            if args.profile_daemon and b.daemon_pid:
-                b.stop_daemon()
-                bench._write_profile_summary(args.profile_daemon)
-        except Exception as exc:
-            bench.log(f"writing the profile failed: {exc}")
-        bench.cleanup(b)
+        outcome.update(_measure(b, clients, seconds, args.rounds, args.seed))
+    code = bench.run_guarded(b, args, body, "the load benchmark could not complete")
     if code == 1 and not outcome:
         return code
     conditions = bench.collect_conditions(b)
