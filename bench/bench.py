@@ -721,7 +721,7 @@ class Bench:
         url = f"ws://127.0.0.1:{port}/ws" + (f"?token={token}" if token else "")
         n = self.n(100, 10)
         times = []
-        kw = {"origin": f"http://127.0.0.1:{port}", "open_timeout": 10, "close_timeout": 5}
+        kw = {"open_timeout": 10, "close_timeout": 5}  # no Origin: an agent's client (a browser is a user)
         try:
             ws = connect(url, proxy=None, **kw)  # websockets ≥ 15 would otherwise honour *_PROXY for 127.0.0.1
         except TypeError:
