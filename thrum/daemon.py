@@ -571,15 +571,20 @@ class Daemon:
         events: list[dict] = []
         if store.in_batch:
             try:
-                events = store.commit()
+                events = store.make_durable()
             except Exception as exc:
                 store.rollback()
                 log.error("commit failed: %s", exc)
                 failure = StorageError(f"the change was not saved: {exc}")
                 replies = [(c, encode_error(_reply_id(r), failure) if wrote else r, wrote)
                            for c, r, wrote in replies]
-        for conn, reply, _ in replies:
-            conn.send(reply)
+        # The batch is durable: answer first, then commit the projection (nothing else runs
+        # in between, so no request can see the projection before its commit).
+        try:
+            for conn, reply, _ in replies:
+                conn.send(reply)
+        finally:
+            store.commit_projection()
         if events:
             for listener in self.event_listeners:
                 Loop._guard(listener, events)

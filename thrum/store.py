@@ -819,6 +819,7 @@ class Store:
         self._in_batch = False
         self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
+        self._flushed: dict = {}  # log files the durable, not yet committed batch wrote to
         self._extra_schema: list[str] = []
         self._extra_appliers: dict = {}
 
@@ -1058,15 +1059,30 @@ class Store:
 
     def commit(self) -> list[dict]:
         """Make the batch durable (log first, then projection); returns its new events."""
+        events = self.make_durable()
+        self.commit_projection()
+        return events
+
+    def make_durable(self) -> list[dict]:
+        """Write and sync the batch's log lines: from here on the writes have happened.
+
+        The projection's transaction stays open until commit_projection(), so the daemon can
+        answer in between (the database is not what makes a write durable)."""
         if not self._in_batch:
             return []
         events, self._batch_events = self._batch_events, []
         try:
-            flushed = self.log.flush()
+            self._flushed = self.log.flush()
         except StorageFailure:
             self.db.execute("ROLLBACK")
             self._in_batch = False
             raise
+        return events
+
+    def commit_projection(self) -> None:
+        if not self._in_batch:
+            return
+        flushed, self._flushed = self._flushed, {}
         try:
             for rel, (size, tail) in flushed.items():
                 self.db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, size, tail[-_TAIL:]))
@@ -1077,7 +1093,6 @@ class Store:
             self._in_batch = False
             self._project_from_log(f"the database commit failed ({exc})")
         self._in_batch = False
-        return events
 
     def _project_from_log(self, why: str) -> None:
         """Drop the failed transaction and catch up from the log, now or before the next write."""
