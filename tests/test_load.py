@@ -120,13 +120,18 @@ class _RecordingDB:
         return getattr(self.db, name)
 
 
-def test_thread_and_client_id_lookups_use_their_indexes(tmp_path):
-    """Each send to a thread runs the thread summary for every WebSocket listener, and each CLI send
-    looks up its client_id: a full scan of the messages table there made every batch O(history).
+class _Listener:
+    ctx = None
 
-    The partial indexes (`WHERE thread_id != ''`...) are only usable when the query says so: a bound
-    value alone does not prove it. Checked with the plans of the statements really run.
-    """
+    def __init__(self) -> None:
+        self.notes = []
+
+    def notify(self, method, params):
+        self.notes.append((method, params))
+
+
+def _in_process_push(tmp_path, authors=("alice",)):
+    """A store with push and the service in this process: 30 messages of `authors` in threads t0..t2."""
     from thrum.push import Push
     from thrum.rpc import NoSession, Params
     from thrum.service import CallContext, Service
@@ -139,23 +144,30 @@ def test_thread_and_client_id_lookups_use_their_indexes(tmp_path):
     push.extend_store(store)
     store.open()
     svc = Service(store, repo_id="r", thrum_dir=str(tmp_path), local_thrum=str(tmp_path), origin_daemon="d_test")
-    svc.agent_register(Params({"name": "alice", "role": "tester", "module": "qa"}), CallContext())
+    for name in authors:
+        svc.agent_register(Params({"name": name, "role": "tester", "module": "qa"}), CallContext())
     for i in range(30):
-        store.append("message.create", {"message_id": f"msg_{i}", "agent_id": "alice", "thread_id": f"t{i % 3}",
+        store.append("message.create", {"message_id": f"msg_{i}", "agent_id": authors[i % len(authors)],
+                                        "thread_id": f"t{i % 3}",
                                         "client_id": f"c{i}", "body": {"format": "markdown", "content": f"m{i}"}})
     store.commit()
 
-    class Listener:
-        ctx = None
-
-        def __init__(self) -> None:
-            self.notes = []
-
-        def notify(self, method, params):
-            self.notes.append((method, params))
-
     push.daemon = type("Daemon", (), {"store": store, "service": svc})()
-    conn = Listener()
+    return store, svc, push
+
+
+def test_thread_and_client_id_lookups_use_their_indexes(tmp_path):
+    """Each send to a thread runs the thread summary for every WebSocket listener, and each CLI send
+    looks up its client_id: a full scan of the messages table there made every batch O(history).
+
+    The partial indexes (`WHERE thread_id != ''`...) are only usable when the query says so: a bound
+    value alone does not prove it. Checked with the plans of the statements really run.
+    """
+    from thrum.rpc import NoSession, Params
+    from thrum.service import CallContext
+
+    store, svc, push = _in_process_push(tmp_path)
+    conn = _Listener()
     push.attach(conn, "alice")
     real = store.db
     store.db = recorder = _RecordingDB(real)
@@ -178,6 +190,33 @@ def test_thread_and_client_id_lookups_use_their_indexes(tmp_path):
                 assert any(index in step for step in plan), f"{sql}\n-> {plan}"
                 checked += 1
     assert checked >= 6
+    store.close()
+
+
+
+def test_thread_unread_counts_match_their_definition(tmp_path):
+    """notification.thread.updated's unread_count, computed for all listeners at once, equals the
+    per-agent definition: the thread's live messages that are not the agent's own and not read by it."""
+    from thrum.rpc import Params
+    from thrum.service import CallContext
+
+    agents = ("alice", "bob", "carol", "dave")
+    store, svc, push = _in_process_push(tmp_path, agents)
+    for reader, ids in (("bob", ["msg_1", "msg_4", "msg_0", "msg_3"]), ("carol", ["msg_1", "msg_2"]),
+                        ("alice", ["msg_0", "msg_1", "msg_7"])):  # some of them in other threads, one own
+        svc.message_mark_read(Params({"message_ids": ids, "caller_agent_id": reader}), CallContext())
+    store.append("message.delete", {"message_id": "msg_10", "agent_id": "bob", "deleted_at": "x"})
+    store.commit()
+    listeners = {name: _Listener() for name in agents}
+    for name, conn in listeners.items():
+        push.attach(conn, name)
+    push._thread_updated("t1", {})
+    seen = {name: conn.notes[-1][1]["unread_count"] for name, conn in listeners.items()}
+    expected = {name: store.db.execute(
+        "SELECT COUNT(*) FROM messages m WHERE m.thread_id='t1' AND m.deleted=0 AND m.agent_id!=? AND NOT EXISTS"
+        " (SELECT 1 FROM message_reads r WHERE r.agent_id=? AND r.message_id=m.message_id)", (name, name)
+    ).fetchone()[0] for name in agents}
+    assert seen == expected and len(set(expected.values())) > 1, (seen, expected)
     store.close()
 
 

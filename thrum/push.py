@@ -523,16 +523,26 @@ class Push:
                 "last_activity": last["created_at"] if last else "", "last_sender": last["agent_id"] if last else "",
                 "preview": preview(last["content"]) if last else None,
                 "timestamp": event.get("timestamp", "")}
+        unread = self._thread_unread(thread_id, row[0], {lst.agent_id() for lst in targets} - {""})
         for lst in targets:
-            agent = lst.agent_id()
-            unread = 0
-            if agent:
-                unread = self.db.execute(
-                    "SELECT COUNT(*) FROM messages m WHERE m.thread_id=? AND m.thread_id!='' AND m.deleted=0"
-                    " AND m.agent_id!=? AND NOT"
-                    " EXISTS (SELECT 1 FROM message_reads r WHERE r.agent_id=? AND r.message_id=m.message_id)",
-                    (thread_id, agent, agent)).fetchone()[0]
-            lst.conn.notify("notification.thread.updated", {**base, "unread_count": unread})
+            lst.conn.notify("notification.thread.updated",
+                            {**base, "unread_count": unread.get(lst.agent_id(), 0)})
+
+    def _thread_unread(self, thread_id: str, total: int, agents: set) -> dict[str, int]:
+        """agent -> messages of the thread that are neither theirs nor read by them.
+
+        Two grouped queries per thread, whatever the number of listeners (one query per
+        listener made each threaded send cost thread size x listeners lookups)."""
+        if not agents:
+            return {}
+        own = dict(self.db.execute(
+            "SELECT agent_id, COUNT(*) FROM messages WHERE thread_id=? AND thread_id!='' AND deleted=0"
+            " GROUP BY agent_id", (thread_id,)).fetchall())
+        read = dict(self.db.execute(
+            "SELECT r.agent_id, COUNT(*) FROM messages m JOIN message_reads r ON r.message_id=m.message_id"
+            " WHERE m.thread_id=? AND m.thread_id!='' AND m.deleted=0 AND r.agent_id!=m.agent_id"
+            " GROUP BY r.agent_id", (thread_id,)).fetchall())
+        return {a: total - own.get(a, 0) - read.get(a, 0) for a in agents}
 
     # agent, session and group changes
 
