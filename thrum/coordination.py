@@ -208,8 +208,10 @@ class Coordination:
         self.running = None
         try:
             if wc is not None and not self.stopped:
-                self.checked[path] = started
+                # Stamp after storing: _apply's write first answers queued requests, which must
+                # not see the new check time next to the old context.
                 self._apply(path, wc)
+                self.checked[path] = started
         finally:
             if path in self.again:
                 self.again.discard(path)
