@@ -247,18 +247,19 @@ class _Child:
 
 # -- connections --------------------------------------------------------------------
 
-class Connection:
-    """One client of the Unix socket: a framer in, a buffer out, a call context."""
+class SocketPeer:
+    """A non-blocking socket on the loop: `_read` when readable, `outbuf` drained when writable.
 
-    def __init__(self, daemon: "Daemon", sock: socket.socket, ctx) -> None:
-        self.daemon = daemon
+    Subclasses (Unix-socket clients here, HTTP/WebSocket clients in ws.py) implement `_read`,
+    `_flush` (usually `_drain` then `_watch_writes`) and `close`.
+    """
+
+    def __init__(self, loop: Loop, sock: socket.socket) -> None:
+        self.loop = loop
         self.sock = sock
-        self.framer = LineFramer(MAX_LINE)
         self.outbuf = bytearray()
-        self.ctx = ctx
-        self.closed = False
         self.writing = False
-        self.on_close = []  # callbacks (subscription cleanup)
+        self.closed = False
 
     def on_event(self, mask: int) -> None:
         if mask & selectors.EVENT_READ:
@@ -266,13 +267,50 @@ class Connection:
         if mask & selectors.EVENT_WRITE and not self.closed:
             self._flush()
 
-    def _read(self) -> None:
+    def _recv(self) -> bytes | None:
+        """What the peer sent (b"" at its end), or None: nothing yet, or an error (we closed)."""
         try:
-            data = self.sock.recv(READ_CHUNK)
+            return self.sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             self.close()
+            return None
+
+    def _drain(self) -> bool:
+        """Send what the socket takes now; False if the peer is gone (we closed)."""
+        try:
+            while self.outbuf:
+                sent = self.sock.send(self.outbuf)
+                del self.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.close()
+            return False
+        return True
+
+    def _watch_writes(self) -> None:
+        """Ask for writability only while output waits (a writable socket would wake the loop for nothing)."""
+        want = bool(self.outbuf)
+        if want != self.writing:
+            self.writing = want
+            self.loop.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0), self.on_event)
+
+
+class Connection(SocketPeer):
+    """One client of the Unix socket: a framer in, a buffer out, a call context."""
+
+    def __init__(self, daemon: "Daemon", sock: socket.socket, ctx) -> None:
+        super().__init__(daemon.loop, sock)
+        self.daemon = daemon
+        self.framer = LineFramer(MAX_LINE)
+        self.ctx = ctx
+        self.on_close = []  # callbacks (subscription cleanup)
+
+    def _read(self) -> None:
+        data = self._recv()
+        if data is None:
             return
         if not data:
             self.close()
@@ -295,20 +333,8 @@ class Connection:
         self._flush()
 
     def _flush(self) -> None:
-        try:
-            while self.outbuf:
-                sent = self.sock.send(self.outbuf)
-                del self.outbuf[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self.close()
-            return
-        want = bool(self.outbuf)
-        if want != self.writing:
-            self.writing = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            self.daemon.loop.modify(self.sock, events, self.on_event)
+        if self._drain():
+            self._watch_writes()
 
     def notify(self, method: str, params: dict) -> None:
         self.send(encode_notification(method, params))
@@ -717,7 +743,7 @@ def already_running(paths, wait: float = 2.0) -> "StartError":
     """
     deadline = time.monotonic() + wait
     info = read_pid_file(paths)
-    while not (isinstance(info.get("pid"), int) and info["pid"] != os.getpid() and not _exited(info["pid"])):
+    while not (isinstance(info.get("pid"), int) and info["pid"] != os.getpid() and not not pid_alive(info["pid"])):
         if time.monotonic() >= deadline:
             info = {}
             break
@@ -940,20 +966,26 @@ def stop_daemon(paths, *, timeout: float = 10.0) -> dict:
     while time.monotonic() < deadline:
         # The lock goes first; "stopped" also means the process has exited (it still
         # tears down its interpreter after releasing the lock).
-        if not lock_is_held(paths) and _exited(pid):
+        if not lock_is_held(paths) and not pid_alive(pid):
             return {"pid": pid, "stopped": True}
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     raise StartError(f"timeout waiting for daemon to stop (PID {pid} still running)")
 
 
-def _exited(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, which no parent may reap in some containers, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: the signal check is all we know
     try:  # a zombie (no parent reaps it in some containers) has exited too
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"

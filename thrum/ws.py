@@ -39,6 +39,7 @@ import time
 import traceback
 import unicodedata
 
+from thrum.daemon import SocketPeer
 from thrum.rpc import (
     InvalidParams, InvalidRequest, Params, PermissionDenied, ThrumError, TooLarge,
     decode_request, encode_error, encode_notification,
@@ -62,7 +63,6 @@ HEAD_TIMEOUT = 10.0
 PING_INTERVAL = 30.0
 IDLE_TIMEOUT = 60.0     # nothing received (not even a pong) for this long: the peer is gone
 LINGER = 2.0            # after our last byte, how long we wait for the peer to close
-READ_CHUNK = 256 * 1024
 USERNAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,32}$")
 # Writes a connection without an identity may still make: they are how it gets one.
 IDENTITY_FREE_WRITES = frozenset({"user.register", "agent.register"})
@@ -484,7 +484,7 @@ def _bind(port: int) -> socket.socket:
 
 # -- one connection -----------------------------------------------------------------------------
 
-class _Conn:
+class _Conn(SocketPeer):
     """One TCP connection: an HTTP request, or a WebSocket after the upgrade."""
 
     def __init__(self, server: WebServer, sock: socket.socket) -> None:
@@ -492,17 +492,13 @@ class _Conn:
 
         from thrum.service import CallContext
 
+        super().__init__(server.daemon.loop, sock)
         self.server = server
-        self.loop = server.daemon.loop
-        self.sock = sock
         self.proto = ServerProtocol(max_size=MAX_MESSAGE)  # origins: checked by us, before accept()
         self.state = "http"          # http -> ws -> closing ; or http -> closing
         self.head_bytes = 0
         self.answered = False
-        self.outbuf = bytearray()
-        self.writing = False
         self.eof_pending = False     # the protocol wants the write side closed once outbuf drains
-        self.closed = False
         self.identity_pending = False  # a request that may bind an identity is queued (see dispatch_checked)
         self.browser = False           # the handshake carried an Origin: a web page, which may only be a user
         self.ctx = CallContext("ws")
@@ -513,19 +509,9 @@ class _Conn:
 
     # I/O
 
-    def on_event(self, mask: int) -> None:
-        if mask & selectors.EVENT_READ:
-            self._read()
-        if mask & selectors.EVENT_WRITE and not self.closed:
-            self._flush()
-
     def _read(self) -> None:
-        try:
-            data = self.sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
+        data = self._recv()
+        if data is None:
             return
         if self.state == "closing":  # draining until the peer closes too
             if not data:
@@ -588,24 +574,12 @@ class _Conn:
         self._flush()
 
     def _flush(self) -> None:
-        if self.closed:
-            return
-        try:
-            while self.outbuf:
-                sent = self.sock.send(self.outbuf)
-                del self.outbuf[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self.close()
+        if self.closed or not self._drain():
             return
         if not self.outbuf and self.eof_pending and self.state != "closing":
             self._half_close()
             return
-        want = bool(self.outbuf)
-        if want != self.writing:
-            self.writing = want
-            self.loop.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0), self.on_event)
+        self._watch_writes()
 
     def _half_close(self) -> None:
         """Our side is done: send FIN, then wait briefly for the peer's so it reads our last bytes."""
