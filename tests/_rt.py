@@ -72,19 +72,7 @@ class WS:
 
     def notification(self, method: str, pred=lambda p: True, timeout: float = 10) -> dict:
         """The first notification `method` whose params satisfy `pred` (collected or still to come)."""
-        deadline = time.monotonic() + timeout * FACTOR
-        while True:
-            for i, note in enumerate(self.notes):
-                if note.get("method") == method and pred(note["params"]):
-                    return self.notes.pop(i)["params"]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {method} within {timeout * FACTOR:g}s; got {self.notes!r}")
-            try:
-                msg = self.recv(remaining)
-            except TimeoutError:
-                continue
-            self.notes.append(msg)
+        return _await_notification(self.notes, self.recv, method, pred, timeout)
 
 
 class UnixListener:
@@ -98,18 +86,7 @@ class UnixListener:
         return self.client.call(method, params, on_notification=self.notes.append)
 
     def notification(self, method: str, pred=lambda p: True, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout * FACTOR
-        while True:
-            for i, note in enumerate(self.notes):
-                if note.get("method") == method and pred(note["params"]):
-                    return self.notes.pop(i)["params"]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {method} within {timeout * FACTOR:g}s; got {self.notes!r}")
-            try:
-                self.notes.append(self.client.read_message(timeout=remaining))
-            except TimeoutError:
-                continue
+        return _await_notification(self.notes, lambda t: self.client.read_message(timeout=t), method, pred, timeout)
 
     def close(self) -> None:
         self.client.close()
@@ -142,3 +119,19 @@ def http_get(port: int, path: str, headers: dict | None = None, method: str = "G
         k, _, v = line.partition(":")
         hdrs[k.strip().lower()] = v.strip()
     return status, hdrs, body
+
+
+def _await_notification(notes: list, recv, method: str, pred, timeout: float) -> dict:
+    """Pop the first of `notes` (then of what `recv(seconds)` brings) that is `method` and satisfies `pred`."""
+    deadline = time.monotonic() + timeout * FACTOR
+    while True:
+        for i, note in enumerate(notes):
+            if note.get("method") == method and pred(note["params"]):
+                return notes.pop(i)["params"]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {method} within {timeout * FACTOR:g}s; got {notes!r}")
+        try:
+            notes.append(recv(remaining))
+        except TimeoutError:
+            continue

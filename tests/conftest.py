@@ -25,6 +25,8 @@ FACTOR = float(os.environ.get("THRUM_TEST_TIMEOUT_FACTOR", "1"))
 
 sys.path.insert(0, str(ROOT))
 
+from thrum.daemon import pid_alive  # noqa: E402,F401 (this checkout's; tests import it from here)
+
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds (scaled)."""
@@ -39,18 +41,6 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         interval = min(interval * 1.5, 0.2)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
