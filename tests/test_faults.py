@@ -759,13 +759,7 @@ def _failing_round(t, label: str, reason: str = "") -> None:
 
 def test_git_failing_mid_sync_loses_nothing(tmp_path, clones, sync_env):
     env_a = dict(sync_env, THRUM_GIT_NETWORK_TIMEOUT=str(NETWORK_TIMEOUT * FACTOR))
-    a = clones.clone("a", env=env_a)
-    a.quickstart("alice")
-    force(a)
-    b = clones.clone("b")
-    b.quickstart("bob")
-    force(b)
-    force(a)
+    a, b = clones.pair(env_a)
     sent = set()
     upload_pack_faults = {
         # A remote that never answers: the daemon's timeout must kill git and its children.

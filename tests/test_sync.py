@@ -56,6 +56,17 @@ class Clones:
             self.started.append(t)
         return t
 
+    def pair(self, env_a: dict | None = None) -> tuple[Thrum, Thrum]:
+        """Clones a (agent alice) and b (agent bob) that have both synced once and agree."""
+        a = self.clone("a", env=env_a)
+        a.quickstart("alice")
+        force(a)
+        b = self.clone("b")
+        b.quickstart("bob")
+        force(b)
+        force(a)
+        return a, b
+
     def stop_all(self) -> None:
         for t in self.started:
             t.stop()
@@ -236,11 +247,7 @@ def _finish(procs: list[subprocess.Popen]) -> list[str]:
 
 
 def test_concurrent_sends_and_rounds_converge_exactly_once(clones, sync_env):
-    a = clones.clone("a")
-    a.quickstart("alice")
-    force(a)
-    b = clones.clone("b")
-    b.quickstart("bob")
+    a, b = clones.pair()
     sent: set[str] = set()
     for rnd in range(3):
         procs = []
@@ -264,13 +271,7 @@ def test_concurrent_sends_and_rounds_converge_exactly_once(clones, sync_env):
 
 
 def test_rejected_push_is_fetched_merged_and_retried(tmp_path, clones, remote, sync_env):
-    a = clones.clone("a")
-    a.quickstart("alice")
-    force(a)
-    b = clones.clone("b")
-    b.quickstart("bob")
-    force(b)
-    force(a)
+    a, b = clones.pair()
     # b's next fetch sees a snapshot taken now, before a pushes again; its push goes to the
     # real remote, which by then has a's commit: a genuine "fetch first" rejection.
     stale = tmp_path / "stale.git"
@@ -301,12 +302,7 @@ def test_rejected_push_is_fetched_merged_and_retried(tmp_path, clones, remote, s
 # -- offline ---------------------------------------------------------------------------------
 
 def test_remote_that_disappears_and_comes_back(clones, remote, sync_env):
-    a = clones.clone("a")
-    a.quickstart("alice")
-    force(a)
-    b = clones.clone("b")
-    b.quickstart("bob")
-    force(b)
+    a, b = clones.pair()
 
     gone = remote.with_name("remote-moved.git")
     remote.rename(gone)
