@@ -199,9 +199,15 @@ def decode_request(line: bytes | str) -> Request:
         params = {}
     elif not isinstance(params, dict):
         raise _with_id(InvalidParams("params must be an object"), rid)
-    if _nested_deeper(params, MAX_DEPTH):
+    # Fewer brackets in the line than the limit cannot nest that deep: the walk is for rare lines.
+    if _bracket_count(line) > MAX_DEPTH and _nested_deeper(params, MAX_DEPTH):
         raise _with_id(InvalidParams(f"params are nested deeper than {MAX_DEPTH} levels"), rid)
     return Request(rid, method, params)
+
+
+def _bracket_count(line: bytes | str) -> int:
+    return line.count(b"[" if isinstance(line, (bytes, bytearray)) else "[") + \
+        line.count(b"{" if isinstance(line, (bytes, bytearray)) else "{")
 
 
 def _nested_deeper(value: object, limit: int) -> bool:
