@@ -247,6 +247,21 @@ class _Child:
 
 # -- connections --------------------------------------------------------------------
 
+def accept_waiting(listener: socket.socket, limit: int = 64):
+    """The connections waiting on a non-blocking listener, made non-blocking; at most `limit` per
+    loop turn, so a flood of connections cannot starve the clients already served."""
+    for _ in range(limit):
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        yield sock
+
+
 class SocketPeer:
     """A non-blocking socket on the loop: `_read` when readable, `outbuf` drained when writable.
 
@@ -541,18 +556,10 @@ class Daemon:
     def _accept(self, mask: int) -> None:
         from thrum.service import CallContext
 
-        for _ in range(64):
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                return
+        for sock in accept_waiting(self.listener):
             if not self._peer_allowed(sock) or len(self.connections) >= MAX_CONNECTIONS:
                 sock.close()
                 continue
-            sock.setblocking(False)
             conn = Connection(self, sock, CallContext("unix"))
             conn.ctx.conn = conn
             self.connections.add(conn)

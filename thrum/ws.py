@@ -39,7 +39,7 @@ import time
 import traceback
 import unicodedata
 
-from thrum.daemon import SocketPeer
+from thrum.daemon import SocketPeer, accept_waiting
 from thrum.rpc import (
     InvalidParams, InvalidRequest, Params, PermissionDenied, ThrumError, TooLarge,
     decode_request, encode_error, encode_notification,
@@ -314,15 +314,7 @@ class WebServer:
         log.info("web UI and WebSocket on http://127.0.0.1:%d (ws: /ws)", self.port)
 
     def _accept(self, mask: int) -> None:
-        for _ in range(64):
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                return
-            sock.setblocking(False)
+        for sock in accept_waiting(self.listener):
             if len(self.conns) >= MAX_CONNECTIONS:
                 if len(self.refused) >= MAX_CONNECTIONS:  # a flood: no manners left
                     sock.close()
