@@ -31,7 +31,8 @@ from test_sync import clones, event_id_counts, force, message_ids, remote, sync_
 # Tables of messages.db that a rebuild from the log must reproduce. Columns that
 # docs/guarantees.md names local-only (heartbeats, git check times) are left out.
 PROJECTION_TABLES = ("agents", "sessions", "messages", "message_scopes", "message_refs", "message_reads",
-                     "message_edits", "groups", "group_members", "work_contexts", "applied", "bad_lines")
+                     "message_edits", "message_deliveries", "groups", "group_members", "work_contexts", "applied",
+                     "bad_lines")
 LOCAL_ONLY_COLUMNS = ("last_seen_at", "git_checked_at")
 
 
@@ -187,6 +188,7 @@ class Acks:
         self.acked_edit: dict[str, int] = {}          # message_id -> index of the last acknowledged edit
         self.reads: set[tuple[str, str]] = set()      # (reader, message_id) acknowledged
         self.members: set[tuple[str, str]] = set()    # (group, role) acknowledged
+        self.delivered: list[tuple[str, str]] = []    # (agent, message_id) handed over by message.deliver
         self.count = 0
 
     def ack(self) -> None:
@@ -231,7 +233,7 @@ def _mixed_writer(t, author, tag, rng, acks: Acks, stop: threading.Event, readab
         for i in range(MAX_OPS):
             if stop.is_set():
                 break
-            kind = rng.choice(("edit", "read", "member"))
+            kind = rng.choice(("edit", "read", "member", "deliver"))
             if kind == "edit":
                 text = f"{cid} edit {i}"
                 with acks.lock:
@@ -247,6 +249,11 @@ def _mixed_writer(t, author, tag, rng, acks: Acks, stop: threading.Event, readab
                 assert "result" in reply, reply
                 with acks.lock:
                     acks.reads.add((author, target))
+            elif kind == "deliver":
+                reply = conn.call("message.deliver", {"caller_agent_id": author, "budget": 2000})
+                assert "result" in reply, reply
+                with acks.lock:
+                    acks.delivered += [(author, m["message_id"]) for m in reply["result"]["messages"]]
             else:
                 role = f"r_{tag}_{i}"
                 reply = conn.call("group.member.add", {"caller_agent_id": author, "group": f"g_{author}",
@@ -314,6 +321,9 @@ def _check_after_restart(t, acks: Acks) -> None:
     finally:
         conn.close()
     assert acks.members <= members, "an acknowledged group member was lost"
+    assert len(acks.delivered) == len(set(acks.delivered)), "message.deliver handed a message over twice"
+    deliveries = set(table_rows(db, "message_deliveries", exclude=("delivered_at", "via")))
+    assert set(acks.delivered) <= deliveries, "an acknowledged delivery receipt was lost"
 
 
 def _retry_in_flight(t, acks: Acks) -> None:

@@ -15,7 +15,7 @@ from helpers import RawConn, log_lines, message_create_counts, register, table_r
 from thrum.events import encode_line, new_id, now_timestamp
 
 PROJECTION_TABLES = ("agents", "sessions", "messages", "message_scopes", "message_refs", "message_reads",
-                     "message_edits", "groups", "group_members", "work_contexts")
+                     "message_edits", "message_deliveries", "groups", "group_members", "work_contexts")
 
 
 def _workload(t):
@@ -43,6 +43,8 @@ def _workload(t):
         c.call("message.delete", {"caller_agent_id": "alice", "message_id": ids[2], "reason": "oops"})
         c.call("message.markRead", {"caller_agent_id": "bob", "message_ids": ids[:2]})
         c.call("message.markRead", {"caller_agent_id": "alice", "message_ids": [reply["message_id"]]})
+        c.call("message.deliver", {"caller_agent_id": "carol", "via": "test", "backlog": True})
+        c.call("message.markDelivered", {"caller_agent_id": "bob", "message_ids": ids[3:5]})
         c.call("session.setIntent", {"caller_agent_id": "carol", "intent": "planning"})
         c.call("session.setTask", {"caller_agent_id": "carol", "current_task": "T-1"})
         sid = c.call("agent.whoami", {"caller_agent_id": "bob"})["session_id"]

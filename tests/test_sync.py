@@ -174,8 +174,10 @@ def test_messages_agents_groups_sessions_travel_both_ways(clones, remote, sync_e
         sessions = t.call("session.list")["sessions"]
         assert {"alice", "bob"} <= {s["agent_id"] for s in sessions}
 
-    # One shared history: a single root, and both clones agree with the remote.
+    # One shared history: a single root, and both clones agree with the remote (the peek above recorded
+    # a delivery receipt on a, which b pulls).
     force(a)
+    force(b)
     for t in (a, b):
         roots = git(t.repo, "rev-list", "--max-parents=0", "a-sync", env=sync_env).split()
         assert len(roots) == 1

@@ -872,7 +872,7 @@ def _component_factories() -> list:
 
 
 # Modules that may contribute a daemon component through make_component(paths).
-COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx")
+COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx", "thrum.delivery")
 
 
 # -- controlling a daemon from the CLI ------------------------------------------------------
