@@ -20,7 +20,7 @@ import tempfile
 import zipapp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = "import sys\nfrom thrum.cli import main\nsys.exit(main())\n"
+MAIN = "import sys\nfrom thrum.__main__ import main\nsys.exit(main())\n"
 
 
 def _copy_tree(src: str, dst: str) -> None:

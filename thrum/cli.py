@@ -1200,6 +1200,9 @@ def cmd_inbox(ctx: Ctx) -> int:
     shown_unread = [m["message_id"] for m in result["messages"] if not m.get("is_read")]
     if shown_unread and not args.no_mark_read:
         ctx.call("message.markRead", ctx.caller({"message_ids": shown_unread}, ident))
+    elif shown_unread and not args.all:
+        # --peek leaves them unread, but they did reach whoever looked: a hook will not hand them over again.
+        ctx.call("message.markDelivered", ctx.caller({"message_ids": shown_unread, "via": "inbox"}, ident))
     _render_inbox(ctx, result, ident, scopes)
     return 0
 
@@ -1355,10 +1358,21 @@ def cmd_message_get(ctx: Ctx) -> int:
             lines.append(f"  Edited:   {local_time(m['updated_at'])} (version {m.get('version', 1)})")
         if m.get("deleted"):
             lines.append("  Status:   DELETED")
+        if m.get("receipts"):
+            lines.append("  Receipts: " + receipt_summary(m["receipts"]))
         lines += ["", m["body"]["content"]]
         return lines
     ctx.emit(result, human)
     return 0
+
+
+def receipt_summary(receipts: list[dict]) -> str:
+    """`bob read 2m ago, carol delivered 5m ago, dave pending`."""
+    parts = []
+    for r in receipts:
+        when = r.get("read_at") if r["state"] == "read" else r.get("delivered_at")
+        parts.append(f"@{r['agent_id']} {r['state']}" + (f" {ago(when)}" if when else ""))
+    return ", ".join(parts)
 
 
 def cmd_message_edit(ctx: Ctx) -> int:
@@ -1405,6 +1419,73 @@ def cmd_message_read(ctx: Ctx) -> int:
         lines.append(f"  {remaining} unread messages remaining (run again to mark more)")
     ctx.emit(result, lines)
     return 1 if result.get("not_found") and n == 0 else 0
+
+
+@command("hook")
+def _setup_hook(c: Commands) -> None:
+    # `thrum hook …` itself never gets here: thrum/__main__.py sends it straight to thrum.hooks.
+    p = c.add(c.sub, "hook", "What agent runtimes run at their hook moments (set up with: thrum setup hooks)",
+              cmd_hook)
+    p.add_argument("runtime", metavar="RUNTIME", help="claude-code, codex, gemini or cursor")
+    p.add_argument("event", metavar="EVENT", help="session-start, prompt, after-tool, stop, session-end or wait")
+    p.add_argument("--name", default="", help="act as this agent (default: THRUM_NAME, else the only identity)")
+
+
+def cmd_hook(ctx: Ctx) -> int:
+    from thrum.hooks import main as hook_main
+
+    return hook_main([ctx.args.runtime, ctx.args.event] + (["--name", ctx.args.name] if ctx.args.name else []))
+
+
+@command("sent")
+def _setup_sent(c: Commands) -> None:
+    p = c.add(c.sub, "sent", "Your sent messages, with each recipient's state: pending, delivered or read",
+              cmd_sent)
+    p.add_argument("--unread", action="store_true", help="only messages some recipient has not read yet")
+    p.add_argument("--to", default="", help="only messages addressed to this agent (@name), with its state")
+    p.add_argument("--page-size", type=int, default=20, help="messages per page (1-100)")
+    p.add_argument("--page", type=int, default=1)
+    _name_flag(p)
+
+
+def cmd_sent(ctx: Ctx) -> int:
+    args = ctx.args
+    if not 1 <= args.page_size <= 100:
+        raise UsageError("--page-size must be between 1 and 100")
+    ident = ctx.identity()
+    params = ctx.caller({"page": max(1, args.page), "page_size": args.page_size}, ident)
+    if args.unread:
+        params["unread"] = True
+    if args.to:
+        params["to"] = args.to.lstrip("@")
+    result = ctx.call("message.sent", params)
+
+    def human(r):
+        if not r["messages"]:
+            return ["No sent messages" + (" with unread recipients." if args.unread else ".")]
+        lines = []
+        for m in r["messages"]:
+            prio = f"  [{m['priority']}]" if m.get("priority", "normal") != "normal" else ""
+            c = m["counts"]
+            lines.append(f"{m['message_id']}  {ago(m['created_at'])}  → {', '.join(m['to'])}{prio}  "
+                         f"read {c['read']}/{c['recipients']}, delivered {c['delivered']}/{c['recipients']}")
+            lines.append(f"    {m['preview']}")
+            for rcp in m["recipients"]:
+                times = []
+                if rcp.get("delivered_at"):
+                    times.append(f"delivered {ago(rcp['delivered_at'])}")
+                if rcp.get("read_at"):
+                    times.append(f"read {ago(rcp['read_at'])}")
+                lines.append(f"    @{rcp['agent_id']:<16} {rcp['state']:<10} {', '.join(times)}".rstrip())
+        start = (r["page"] - 1) * r["page_size"] + 1
+        footer = f"Showing {start}-{start + len(r['messages']) - 1}"
+        footer += f" of {r['total']} sent messages" if "total" in r else " sent messages"
+        lines.append(footer)
+        if r.get("has_more"):
+            lines.append(f"  More: thrum sent --page {r['page'] + 1}")
+        return lines
+    ctx.emit(result, human)
+    return 0
 
 
 # -- groups, team, status ---------------------------------------------------------------------
@@ -2959,6 +3040,73 @@ def _setup_setup_with_mcp(c: Commands) -> None:
     p.add_argument("--command", default="thrum",
                    help="how the tool should start thrum (default: thrum; e.g. \"python3 -m thrum\")")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    h = c.add(sub, "hooks", "Add thrum's hooks to an agent runtime, so messages reach the agent on their own",
+              cmd_setup_hooks)
+    h.add_argument("--runtime", required=True, choices=("claude-code", "claude", "codex", "gemini", "cursor"),
+                   help="claude-code (.claude/settings.json), codex (.codex/hooks.json and .codex/config.toml), "
+                        "gemini (.gemini/settings.json) or cursor (.cursor/hooks.json)")
+    h.add_argument("--name", metavar="AGENT", default="",
+                   help="the hooks act as this agent (default: THRUM_NAME in the runtime's environment, else "
+                        "the worktree's only identity)")
+    h.add_argument("--command", default="",
+                   help="how the runtime should run thrum (default: thrum when it is on PATH, else its full path)")
+    h.add_argument("--remove", action="store_true", help="take thrum's hooks out again (nothing else)")
+    h.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+
+
+def cmd_setup_hooks(ctx: Ctx) -> int:
+    from thrum import hook_setup
+    from thrum.identity import InvalidName, validate_name
+    from thrum.paths import find_git_toplevel, find_repo_root
+
+    a = ctx.args
+    start = os.path.abspath(a.repo or os.getcwd())
+    root = find_git_toplevel(start) or find_repo_root(start) or start
+    name = (a.name or "").lstrip("@")
+    if name:
+        try:
+            validate_name(name)
+        except InvalidName as exc:
+            raise UsageError(f"invalid --name: {exc}") from None
+    command = a.command.strip() or hook_setup.default_command()
+    try:
+        plan = hook_setup.plan(a.runtime, root, command, name, remove=a.remove)
+        if not a.dry_run:
+            hook_setup.apply(plan)
+    except hook_setup.SetupError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {exc.filename or ''}: {exc.strerror or exc}") from None
+    changed = [f for f in plan["files"] if f["action"] != "unchanged"]
+    data = {"runtime": plan["runtime"], "dry_run": bool(a.dry_run), "removed": bool(a.remove),
+            "command": command, "files": [{"path": f["path"], "action": f["action"]} for f in plan["files"]],
+            "changed": bool(changed), "next": plan["next"] if changed or a.dry_run else []}
+
+    def human(d):
+        display = plan["display"]
+        if not changed:
+            what = "no thrum hooks to remove" if a.remove else "thrum's hooks are already set up"
+            return [f"✓ {display}: {what}; nothing to change"]
+        if a.dry_run:
+            lines = [f"Would change ({display}):"]
+            for f in changed:
+                lines += ["", f"--- {f['path']} ({f['action']})"] + _diff_lines(f["old"] or "", f["text"] or "")
+            return lines
+        verb = "Removed thrum's hooks from" if a.remove else "Set up thrum's hooks in"
+        lines = [f"✓ {verb} {display}: " + ", ".join(os.path.relpath(f["path"], root) for f in changed)]
+        if not a.remove:
+            lines.append(f"  Runs: {command} hook {plan['runtime']} EVENT" + (f" --name {name}" if name else ""))
+        lines += [f"  Next: {n}" for n in d["next"]]
+        return lines
+    ctx.emit(data, human)
+    return 0
+
+
+def _diff_lines(old: str, new: str) -> list[str]:
+    import difflib
+
+    return [line.rstrip("\n") for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                               "before", "after", n=2)][2:]
 
 
 def cmd_setup_mcp(ctx: Ctx) -> int:
