@@ -285,3 +285,19 @@ def test_receipts_travel_to_another_clone(tmp_path, env):
             b.stop()
     finally:
         a.stop()
+
+
+def test_the_author_hears_receipts_as_they_happen(agents):
+    t = agents
+    deliver(t, "bob")
+    with t.client() as alice:
+        alice.call("subscriptions.attach", {"caller_agent_id": "alice"})
+        mid = send(alice, "alice", "watch this", "@bob")
+        t.run("inbox", "--peek", name="bob")
+        t.run("message", "get", mid, name="bob")
+        notes: list = []
+        wait_for(lambda: notes.append(alice.read_message(timeout=5)) or
+                 [n["params"]["state"] for n in notes if n.get("method") == "notification.receipt"]
+                 == ["delivered", "read"], 10, what="two receipts")
+    receipts = [n["params"] for n in notes if n.get("method") == "notification.receipt"]
+    assert all(r["agent_id"] == "bob" and r["message_ids"] == [mid] for r in receipts)

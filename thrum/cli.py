@@ -430,6 +430,58 @@ def _setup_init(c: Commands) -> None:
     p.add_argument("--agent-name", default="", help="default agent name for scripts/thrum-startup.sh")
     p.add_argument("--agent-role", default="", help="default role for scripts/thrum-startup.sh")
     p.add_argument("--agent-module", default="", help="default module for scripts/thrum-startup.sh")
+    _hooks_flags(p)
+
+
+def _hooks_flags(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--hooks", dest="hooks", action="store_true", default=None,
+                   help="also set up the runtime's hooks, so messages reach the agent on their own "
+                        "(thrum setup hooks; asked on a terminal when neither flag is given)")
+    g.add_argument("--no-hooks", dest="hooks", action="store_false", help="do not set up or suggest hooks")
+
+
+def _offer_hooks(ctx: Ctx, root: str, runtime: str, *, ask: bool, dry_run: bool = False) -> dict | None:
+    """Set up (or suggest) `thrum setup hooks` for a runtime that has hooks: --hooks does it, a terminal
+    is asked, elsewhere the command is suggested. None when there is nothing to offer."""
+    from thrum import hook_setup
+
+    target = hook_setup.ALIASES.get(runtime, runtime)
+    want = getattr(ctx.args, "hooks", None)
+    if target not in hook_setup.RUNTIMES or want is False:
+        return None
+    command = hook_setup.default_command()
+    try:
+        plan = hook_setup.plan(target, root, command)
+    except hook_setup.SetupError as exc:
+        return {"runtime": target, "error": str(exc)}
+    suggestion = f"thrum setup hooks --runtime {target}"
+    if all(f["action"] == "unchanged" for f in plan["files"]):
+        return {"runtime": target, "action": "unchanged"}
+    if want is None and ask and not dry_run and sys.stdin.isatty() and not ctx.json and not ctx.quiet:
+        answer = input(f"Set up {plan['display']} hooks so messages reach the agent on their own? [Y/n] ")
+        want = answer.strip().lower() in ("", "y", "yes")
+    if not want or dry_run:
+        return {"runtime": target, "action": "suggested", "command": suggestion}
+    try:
+        hook_setup.apply(plan)
+    except OSError as exc:
+        return {"runtime": target, "error": f"cannot write {exc.filename or ''}: {exc.strerror or exc}"}
+    return {"runtime": target, "action": "set up",
+            "files": [os.path.relpath(f["path"], root) for f in plan["files"] if f["action"] != "unchanged"],
+            "next": plan["next"]}
+
+
+def _hooks_lines(h: dict | None) -> list[str]:
+    if not h:
+        return []
+    if h.get("error"):
+        return [f"  Hooks not set up: {h['error']}"]
+    if h["action"] == "suggested":
+        return [f"Tip: {h['command']}   (messages then reach the agent on their own)"]
+    if h["action"] == "set up":
+        return [f"✓ Hooks set up: {', '.join(h['files'])}"] + [f"  Next: {n}" for n in h["next"]]
+    return []
 
 
 def cmd_init(ctx: Ctx) -> int:
@@ -450,6 +502,10 @@ def cmd_init(ctx: Ctx) -> int:
         part = _runtime_files(ctx, root, runtime, force=a.force, dry_run=a.dry_run, name=a.agent_name,
                               role=a.agent_role, module=a.agent_module)
         result["runtime_init"] = {**part, "detected": detected, "source": how}
+        hooks = _offer_hooks(ctx, root, runtime, ask=True, dry_run=a.dry_run)
+        if hooks:
+            result["hooks"] = hooks
+
     def human(r):
         lines = _init_lines(r)
         rt = r.get("runtime_init")
@@ -459,6 +515,7 @@ def cmd_init(ctx: Ctx) -> int:
             lines += ["", f"✓ {how} runtime: {rt['runtime']}"]
             if rt["files"]:
                 lines += [""] + _runtime_file_lines(rt)
+        lines += _hooks_lines(r.get("hooks"))
         if not r.get("dry_run") and not r.get("worktree"):
             lines += ["", "Done. Run 'thrum daemon start' to begin coordination."]
         return lines
@@ -731,6 +788,7 @@ def _setup_quickstart(c: Commands) -> None:
     p.add_argument("--runtime", default="", help="also write this agent runtime's files (as 'init --runtime')")
     p.add_argument("--preamble-file", default="", help="append this file to your context preamble")
     p.add_argument("--no-init", action="store_true", help="never write runtime files")
+    _hooks_flags(p)
 
 
 def cmd_quickstart(ctx: Ctx) -> int:
@@ -765,6 +823,10 @@ def cmd_quickstart(ctx: Ctx) -> int:
     if args.runtime and not args.no_init:
         data["runtime_init"] = _runtime_files(ctx, root, runtime, force=args.force, dry_run=False,
                                               name=ident.name, role=role, module=module)
+    if how in ("detected", "config", "flag") and not args.no_init:
+        hooks = _offer_hooks(ctx, root, runtime, ask=False)
+        if hooks:
+            data["hooks"] = hooks
 
     def human(d):
         lines = [f"✓ Registered as @{ident.name} ({ident.role} @ {ident.module})",
@@ -775,6 +837,7 @@ def cmd_quickstart(ctx: Ctx) -> int:
             lines.append(f"✓ {'Detected' if how == 'detected' else 'Using'} runtime: {runtime}")
         if "runtime_init" in d:
             lines += ["  " + ln for ln in _runtime_file_lines(d["runtime_init"])[2:]]
+        lines += _hooks_lines(d.get("hooks"))
         if not ctx.quiet:
             lines.append(f"  Identity saved to {os.path.relpath(ident.path, ctx.paths.repo)}")
         return lines

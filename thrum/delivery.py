@@ -39,6 +39,7 @@ CREATE INDEX message_deliveries_message ON message_deliveries(message_id);
 CREATE TABLE delivery_cursors (agent_id TEXT PRIMARY KEY, after_seq INTEGER NOT NULL) WITHOUT ROWID;
 """
 
+_RECEIPT_EVENTS = {"message.delivered": "delivered", "message.read": "read"}
 PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 DEFAULT_BUDGET = 4000
 OVERHEAD = 160          # characters a hook adds around each message (attribution, fence, reply command)
@@ -68,6 +69,7 @@ class Delivery:
         registry.add("message.receipts", self.rpc_receipts)
         get = registry.methods["message.get"]
         registry.add("message.get", self._with_receipts(get.fn), writes=get.writes, transports=get.transports)
+        daemon.event_listeners.append(self.on_events)
 
     def stop(self) -> None:
         pass
@@ -103,6 +105,34 @@ class Delivery:
         found.update(r[0] for r in self.db.execute(
             f"SELECT message_id FROM message_deliveries WHERE agent_id=? AND message_id IN ({marks})", args))
         return found
+
+    # -- push: authors hear their receipts ----------------------------------------------------
+
+    def on_events(self, events: list) -> None:
+        """`notification.receipt` {agent_id, state, message_ids, timestamp} to the connections of the
+        messages' authors (a web UI showing your own messages updates their receipts live)."""
+        push = getattr(self.daemon, "push", None)
+        if push is None or not push.listeners:
+            return
+        for e in events:
+            state = _RECEIPT_EVENTS.get(e.get("type", ""))
+            ids = [m for m in (e.get("message_ids") or []) if isinstance(m, str)][:MAX_IDS] if state else []
+            if not ids:
+                continue
+            marks = ",".join("?" * len(ids))
+            by_author: dict[str, list[str]] = {}
+            for mid, author, written_by in self.db.execute(
+                    f"SELECT message_id, agent_id, authored_by FROM messages WHERE message_id IN ({marks})", ids):
+                for who in {author, written_by} - {"", e.get("agent_id")}:
+                    by_author.setdefault(who, []).append(mid)
+            if not by_author:
+                continue
+            for lst in list(push.listeners.values()):
+                mine = by_author.get(lst.agent_id() or "")
+                if mine and lst.events:
+                    lst.conn.notify("notification.receipt", {"agent_id": e.get("agent_id", ""), "state": state,
+                                                             "message_ids": mine,
+                                                             "timestamp": e.get("timestamp", "")})
 
     # -- message.deliver ----------------------------------------------------------------------
 

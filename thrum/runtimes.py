@@ -26,15 +26,19 @@ _BUILTIN = {
                "'thrum init --runtime auggie' writes the MCP server entry and a rules file."),
     "claude": ("Claude Code", "claude", True, True, "CLAUDE.md", ".claude/settings.json",
                "'thrum init --runtime claude' adds a SessionStart hook that runs scripts/thrum-startup.sh; "
-               "'thrum setup claude-md --apply' adds the instructions."),
+               "'thrum setup claude-md --apply' adds the instructions; 'thrum setup hooks --runtime claude-code' "
+               "delivers messages into the session and wakes it when idle."),
     "cli-only": ("CLI only (any agent that can run shell commands)", "thrum", False, False, "", "",
                  "No files needed: agents call the thrum CLI directly ('thrum prime' to start)."),
-    "codex": ("OpenAI Codex", "codex", True, False, "AGENTS.md", "~/.codex/config.toml",
-              "Run: codex mcp add thrum -- thrum mcp serve"),
-    "cursor": ("Cursor", "cursor-agent", True, False, ".cursorrules", ".cursor/mcp.json",
-               "Add the MCP server in Settings > Tools & MCP (command: thrum mcp serve)."),
-    "gemini": ("Google Gemini CLI", "gemini", True, False, "GEMINI.md", ".gemini/settings.json",
-               "'thrum init --runtime gemini' writes .gemini/settings.json with the thrum MCP server."),
+    "codex": ("OpenAI Codex", "codex", True, True, "AGENTS.md", "~/.codex/config.toml",
+              "Run: codex mcp add thrum -- thrum mcp serve; 'thrum setup hooks --runtime codex' delivers "
+              "messages into the session."),
+    "cursor": ("Cursor", "cursor-agent", True, True, ".cursorrules", ".cursor/mcp.json",
+               "Add the MCP server in Settings > Tools & MCP (command: thrum mcp serve); 'thrum setup hooks "
+               "--runtime cursor' delivers messages into the session."),
+    "gemini": ("Google Gemini CLI", "gemini", True, True, "GEMINI.md", ".gemini/settings.json",
+               "'thrum init --runtime gemini' writes .gemini/settings.json with the thrum MCP server; 'thrum setup "
+               "hooks --runtime gemini' delivers messages into the session."),
 }
 PRESETS = {name: {"name": name, "display_name": v[0], "command": v[1], "mcp_supported": v[2],
                   "hooks_supported": v[3], "instructions_file": v[4], "mcp_config_path": v[5],
