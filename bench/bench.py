@@ -125,6 +125,8 @@ def make_rows() -> list[Row]:
         Row("rebuild", "rebuild", "`thrum migrate --rebuild` of the whole log, wall, median", "s", "<=", 3),
         Row("rss_10k", "rss", "daemon VmRSS at ~10K messages, after list + CLI load", "MiB", "<=", 60),
         Row("rss_after_sends", "rss", "daemon VmRSS after the send load too", "MiB", "<=", 60),
+        Row("hook_idle", "hook", "`thrum hook claude-code after-tool` with nothing to deliver, wall, median", "ms",
+            "<=", 40),
         Row("ws_notify", "ws", "send → notification.message on a subscribed WebSocket, median", "ms", "<=", 5),
         Row("sync_merge_10k", "sync", "merge of 10K remote events (sync.force → projected)", "s", "<=", 2),
     ]
@@ -322,7 +324,7 @@ class Bench:
             raise RuntimeError(f"compileall failed: {proc.stdout}{proc.stderr}")
         self.launcher = os.path.join(bindir, "thrum")
         with open(self.launcher, "w") as f:  # pip's console-script template (pip 23, distlib)
-            f.write(f"#!{self.python}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom thrum.cli import main\n"
+            f.write(f"#!{self.python}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom thrum.__main__ import main\n"
                     "if __name__ == '__main__':\n"
                     "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
                     "    sys.exit(main())\n")
@@ -596,6 +598,34 @@ class Bench:
             self.rows[key].set(median(xs) - base, f"wall median {median(xs):.1f} ms (min {min(xs):.1f}, "
                                                   f"p90 {pct(xs, 0.9):.1f}) − start-up {base:.1f} ms; "
                                                   f"min − min {min(xs) - min(baseline):.1f} ms; runs {runs}")
+
+    def bench_hook(self) -> None:
+        """What every tool call of an agent costs: the PostToolUse hook, as Claude Code runs it (JSON on
+        stdin, a console script), when there is nothing new for the agent. Wall time, interpreter included."""
+        runs = self.n(30, 5)
+        warm = self.n(3, 1)
+        payload = json.dumps({"session_id": "bench", "cwd": self.repo, "hook_event_name": "PostToolUse",
+                              "tool_name": "Bash", "tool_input": {"command": "ls"},
+                              "tool_response": {"stdout": "README.md\n" * 50, "stderr": ""}}).encode()
+        env = {**self.cli_env, "THRUM_NAME": RECIPIENT}
+        argv = [self.launcher, "hook", "claude-code", "after-tool"]
+        self.call("message.deliver", {"caller_agent_id": RECIPIENT, "budget": 32000})
+        while self.call("message.deliver", {"caller_agent_id": RECIPIENT, "budget": 32000})["more"]:
+            pass  # drain: the row measures the empty check
+        samples = []
+        for r in range(warm + runs):
+            t0 = time.perf_counter()
+            proc = subprocess.run(argv, input=payload, cwd=self.repo, env=env, capture_output=True, timeout=60)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if proc.returncode != 0 or proc.stdout:
+                raise RuntimeError(f"the hook exited {proc.returncode} with {proc.stdout[:200]!r}")
+            if r >= warm:
+                samples.append(elapsed)
+        log_path = os.path.join(self.var, "hooks.log")
+        if os.path.exists(log_path):
+            raise RuntimeError(f"the hook logged a problem: {open(log_path).read()[-300:]}")
+        self.rows["hook_idle"].set(median(samples), f"min {min(samples):.1f}, p90 {pct(samples, 0.9):.1f} ms; "
+                                                    f"runs {runs}; {self.message_count():,} messages in the repo")
 
     def bench_rss(self, name: str) -> None:
         pid = self.daemon_pid
@@ -938,6 +968,9 @@ def run(b: Bench) -> None:
     if b.group_wanted("cli"):
         log("CLI …")
         guarded(b, ["cli_send", "cli_inbox", "cli_status"], b.bench_cli)
+    if b.group_wanted("hook"):
+        log("hook with nothing to deliver …")
+        guarded(b, "hook_idle", b.bench_hook)
     if b.row_wanted("rss_10k"):
         guarded(b, "rss_10k", lambda: b.bench_rss("rss_10k"))
     if b.group_wanted("ws"):
