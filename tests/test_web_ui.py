@@ -236,6 +236,84 @@ def test_thread_view_shows_the_reply_chain(ui):
     assert u.js("document.querySelector('.reply-box').hidden")
 
 
+def receipts_requested(u) -> list[list[str]]:
+    """The message ids of each WebSocket frame this page sent that asked for message.receipts."""
+    frames = []
+    for e in u.page.browser.events(u.page.session, "Network.webSocketFrameSent"):
+        try:
+            sent = json.loads(e["params"]["response"]["payloadData"])
+        except (KeyError, ValueError):
+            continue
+        ids = [r["params"]["message_id"] for r in (sent if isinstance(sent, list) else [sent])
+               if isinstance(r, dict) and r.get("method") == "message.receipts"]
+        if ids:
+            frames.append(ids)
+    return frames
+
+
+def test_receipts_on_own_messages_update_live(ui):
+    u = ui()
+    t = u.t
+    u.wait("document.querySelector('#view .message-list').getAttribute('aria-busy') === 'false'")
+    others = t.json("send", "Not written by the person", "--to", "@bob", name="alice")["message_id"]
+    u.wait(f"document.querySelector('article[data-id={others}]')", what="alice's message in the feed")
+    u.js("window.notReloaded = true")
+    u.js("""(() => {
+        document.getElementById('compose-to').value = '@bob';
+        document.getElementById('compose-content').value = 'Please review the token refresh';
+        document.querySelector('.composer button[type=submit]').click(); })()""")
+    u.wait_text("Sent (msg_", where=".composer")
+    mine = u.js("document.querySelector('.compose-status').textContent.match(/msg_[0-9A-Za-z]+/)[0]")
+    line = f"document.querySelector('article[data-id={mine}] .receipts')"
+    bob = f"(({line} || document).querySelector('[data-agent=bob]') || {{dataset: {{}}}}).dataset.state"
+    shown = f"[...{line}.querySelectorAll('.rcpt')].map(e => e.innerText).join(' · ')"  # minus screen-reader text
+    u.wait(f"{bob} === 'pending'", what="bob pending on the message the person sent")
+    assert u.js(shown) == "pending: @bob"
+    # someone else's message shows no receipts, and nobody asked the daemon for them
+    assert u.js(f"document.querySelector('article[data-id={others}] .receipts')") is None
+    asked = lambda: [i for frame in receipts_requested(u) for i in frame]  # noqa: E731
+    assert others not in asked()
+    before = len(asked())
+
+    # bob's side: the message reached his context (a hook, `inbox --peek`), then he read it in full
+    t.call("message.markDelivered", caller_agent_id="bob", message_ids=[mine])
+    u.wait(f"{bob} === 'delivered'", timeout=5, what="delivered to @bob, pushed")
+    assert u.js(shown) == "✓ delivered to @bob"
+    assert "not read yet" in u.js(f"{line}.querySelector('[data-agent=bob]').title")
+    t.run("message", "get", mine, name="bob")
+    u.wait(f"{bob} === 'read'", timeout=5, what="read by @bob, pushed")
+    assert u.js(shown) == "✓✓ read by @bob"
+    assert u.js(f"{line}.querySelector('[data-agent=bob]').title").startswith("read ")
+    # live: no reload, and no polling (the notifications carried the states)
+    assert u.js("window.notReloaded") is True
+    assert len(asked()) == before
+
+    # a message the person typed as an agent (acting_as) is theirs too; a role reaches its agents
+    typed = t.call("message.send", caller_agent_id="user:test-user", acting_as="alice",
+                   content="Typed for alice", mentions=["@reviewer"])["message_id"]
+    plain = t.call("message.send", caller_agent_id="user:test-user", content="And one as myself",
+                   mentions=["@bob"])["message_id"]
+    t.call("message.markDelivered", caller_agent_id="bob", message_ids=[typed])
+    first_frame = len(receipts_requested(u))
+    u.go("/inbox/bob")
+    typed_line = f"document.querySelector('article[data-id={typed}] .receipts')"
+    u.wait(f"{typed_line} && {typed_line}.innerText.includes('delivered to @bob')", what="receipts in bob's inbox")
+    u.wait(f"document.querySelector('article[data-id={mine}] .receipts [data-agent=bob][data-state=read]')")
+    assert u.js(f"document.querySelector('article[data-id={others}] .receipts')") is None
+    # fetched in one batch, only for the person's own messages
+    frames = receipts_requested(u)[first_frame:]
+    assert len(frames) == 1 and {typed, plain} <= set(frames[0]) and others not in frames[0], frames
+    assert u.js(f"document.querySelector('article[data-id={plain}] .receipts [data-agent=bob]').dataset.state") \
+        == "pending"
+
+    # the thread view: the person's message with its receipts, bob's reply without
+    reply = t.json("reply", mine, "Looks good", name="bob")["message_id"]
+    u.go(f"/thread/{mine}")
+    u.wait("document.querySelectorAll('.thread-tree .msg').length === 2", what="2 messages in the thread")
+    u.wait(f"document.querySelector('.thread-tree article[data-id={mine}] .receipts [data-state=read]')")
+    assert u.js(f"document.querySelector('article[data-id={reply}] .receipts')") is None
+
+
 def test_client_side_routes_survive_a_reload(ui):
     u = ui()
     for path, heading in (("/agents", "Agents"), ("/inbox/alice", "Inbox of @alice"), ("/threads", "Threads"),
@@ -364,10 +442,19 @@ def test_text_contrast_in_both_colour_schemes(ui, scheme):
     u = ui(scheme=scheme)
     u.t.run("send", "critical thing", "--to", "@bob", "--priority", "critical", name="alice")
     u.t.run("send", "low thing", "--to", "@bob", "--priority", "low", name="alice")
+    # the person's own messages carry receipts in each state: read, delivered, pending
+    both = u.t.call("message.send", caller_agent_id="user:test-user", content="to both", mentions=["@alice", "@bob"])
+    u.t.call("message.send", caller_agent_id="user:test-user", content="to bob", mentions=["@bob"])
+    u.t.call("message.markRead", caller_agent_id="bob", message_ids=[both["message_id"]])
+    u.t.call("message.markDelivered", caller_agent_id="alice", message_ids=[both["message_id"]])
     u.wait_text("low thing")
     for path in ("/", "/agents", "/inbox/bob"):
         u.go(path)
         u.wait("document.getElementById('view').children.length > 0 && !document.querySelector('#view [aria-busy=true]')")
+        if path != "/agents":
+            u.wait("document.querySelector('.receipts [data-state=read]') && document.querySelector('.receipts "
+                   "[data-state=delivered]') && document.querySelector('.receipts [data-state=pending]')",
+                   what="receipts in every state")
         result = u.js(CONTRAST_JS)
         assert result["checked"] > 20, result
         assert result["bad"] == [], f"{scheme} {path}: {result['bad']}"

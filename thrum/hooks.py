@@ -694,8 +694,12 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def headless_claude(depth: int = 4) -> bool:
-    """Whether the Claude Code above us runs in print mode (`claude -p`), which waits for pending
-    asyncRewake hooks at exit: there a waiter would hold every scripted run open."""
+    """Whether the Claude Code above us runs without a terminal (`claude -p`, the Agent SDK), where a
+    pending asyncRewake hook holds the run open until it exits: there a waiter would hold every
+    scripted run open. Claude Code says so in CLAUDE_CODE_ENTRYPOINT (`sdk-cli` under -p, `sdk-ts`,
+    `sdk-py`; `cli` interactive); the `-p` in an ancestor's argv covers a runtime that does not."""
+    if os.environ.get("CLAUDE_CODE_ENTRYPOINT", "").startswith("sdk-"):
+        return True
     pid = os.getppid()
     for _ in range(depth):
         if pid <= 1:

@@ -7,6 +7,7 @@
 import { Composer } from "./composer.js";
 import { h, replace } from "./dom.js";
 import { shortName, snippet } from "./format.js";
+import { onReceiptNotification, receiptsReconnected } from "./receipts.js";
 import { Connection } from "./rpc.js";
 import {
   emit, on, onMessageNotification, refreshAgents, refreshAgentsSoon, sortedAgents, state,
@@ -275,13 +276,18 @@ function start() {
     renderInboxes();
     showState({ state: "connected" });
     if (!app.view) route(false);
-    else emit("ready", ev.detail);
+    else {
+      if (ev.detail.reconnected) receiptsReconnected();
+      emit("ready", ev.detail);
+    }
   });
   conn.addEventListener("notification", (ev) => {
     const { method, params } = ev.detail;
     if (method === "notification.message") {
       onMessageNotification(params);
       refreshAgentsSoon(2000); // inbox counts
+    } else if (method === "notification.receipt") {
+      onReceiptNotification(params); // our own messages' receipts, updated in place
     } else if (method === "notification.agent" || method === "notification.session" || method === "notification.group") {
       refreshAgentsSoon(300);
     }

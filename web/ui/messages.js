@@ -5,7 +5,8 @@
 
 import { h, replace } from "./dom.js";
 import { recipients, renderBody, shortName, snippet, tags, timeEl } from "./format.js";
-import { emit, getMessages, isMe, remember, state } from "./state.js";
+import { receiptsLine, wantReceipts } from "./receipts.js";
+import { emit, getMessages, isOwn, remember, state } from "./state.js";
 
 const PAGE_SIZE = 50;
 const MAX_RENDERED = 600;
@@ -73,7 +74,8 @@ export function renderMessage(msg, opts = {}) {
   h("footer", { class: "msg-foot" },
     ...actions,
     ...tags(msg).map((t) => h("span", { class: "tag" }, t)),
-    edited ? h("span", { class: "muted", title: `edited ${msg.updated_at}` }, "(edited)") : null));
+    edited ? h("span", { class: "muted", title: `edited ${msg.updated_at}` }, "(edited)") : null,
+    receiptsLine(msg)));
 }
 
 /**
@@ -159,12 +161,14 @@ export class MessageList {
     this.renderSummary();
   }
 
-  // Parents (for "in reply to") and reply counts, in one round trip for the whole page.
+  // Parents (for "in reply to"), reply counts and our own messages' receipts, asked for at once:
+  // the page waits one round trip, however many messages it has.
   async decorate(msgs) {
     if (!msgs.length) return;
     const parents = msgs.map((m) => m.reply_to).filter(Boolean);
     const counts = state.conn.batch(msgs.map((m) => ["message.list", { reply_to: m.message_id, page_size: 1 }]));
-    const [, countReplies] = await Promise.all([getMessages(parents).catch(() => null), counts]);
+    const receipts = wantReceipts(msgs.filter(isOwn).map((m) => m.message_id));
+    const [, countReplies] = await Promise.all([getMessages(parents).catch(() => null), counts, receipts]);
     countReplies.forEach((r, i) => {
       if (r.result && r.result.total) this.replyCounts.set(msgs[i].message_id, r.result.total);
     });

@@ -1,6 +1,6 @@
-// Shared state of the page: the connection, who we are, the team, and a small message cache.
-// Views listen on `bus` instead of on the socket, so one notification is fetched once however
-// many views care about it.
+// Shared state of the page: the connection, who we are, the team, a small message cache, and the
+// delivery receipts of the messages we wrote. Views listen on `bus` instead of on the socket, so
+// one notification is fetched once however many views care about it.
 
 export const bus = new EventTarget();
 
@@ -11,6 +11,8 @@ export const state = {
   agents: new Map(),    // agent_id -> agent.list row, merged with its team.list row (counts, files)
   groups: [],           // group.list rows
   messages: new Map(),  // message_id -> message (message.get / message.list shape), bounded
+  receipts: new Map(),  // message_id -> [{agent_id, state, delivered_at?, read_at?}] of our own messages,
+                        // or null when the daemon had none to give; bounded (receipts.js fetches them)
 };
 
 export function emit(type, detail) {
@@ -32,6 +34,8 @@ export function remember(msg) {
   if (state.messages.size > CACHE_LIMIT) {
     state.messages.delete(state.messages.keys().next().value);
   }
+  // message.get answers carry receipts: as fresh as a message.receipts call, so no second request.
+  if (Array.isArray(msg.receipts) && isOwn(msg)) noteReceipts(msg.message_id, msg.receipts);
   return msg;
 }
 
@@ -49,6 +53,45 @@ export async function getMessages(ids) {
 
 export function isMe(agentId) {
   return !!state.user && agentId === state.user.user_id;
+}
+
+/** Whether we wrote this message: as ourselves, or `acting_as` an agent (then it is `authored_by` us). */
+export function isOwn(msg) {
+  return !!msg && (isMe(msg.agent_id) || (!!msg.authored_by && isMe(msg.authored_by)));
+}
+
+// -- receipts of our own messages ----------------------------------------------------------------
+
+// A recipient's receipt only moves forward (nothing un-delivers or un-reads a message), so an
+// answer that crossed a notification on the wire never takes a receipt back.
+const RECEIPT_RANK = { pending: 0, delivered: 1, read: 2 };
+
+/** Store a message's receipts as the daemon listed them (its recipients now), never going backwards. */
+export function noteReceipts(messageId, list) {
+  const before = new Map((state.receipts.get(messageId) || []).map((r) => [r.agent_id, r]));
+  const merged = list === null ? null : list.map((r) => {
+    const old = before.get(r.agent_id);
+    return old && RECEIPT_RANK[old.state] > RECEIPT_RANK[r.state] ? old : { ...r };
+  });
+  state.receipts.delete(messageId);
+  state.receipts.set(messageId, merged);
+  if (state.receipts.size > CACHE_LIMIT) state.receipts.delete(state.receipts.keys().next().value);
+}
+
+/**
+ * Apply one notification.receipt to a stored receipt. Returns true when it changed, false when it
+ * told nothing new, null when we hold no receipt for that recipient (ask the daemon instead).
+ */
+export function advanceReceipt(messageId, agentId, newState, timestamp) {
+  const list = state.receipts.get(messageId);
+  const r = list && list.find((x) => x.agent_id === agentId);
+  if (!r || !(newState in RECEIPT_RANK)) return r ? false : null;
+  if (RECEIPT_RANK[newState] <= RECEIPT_RANK[r.state]) return false;
+  const at = timestamp || new Date().toISOString();
+  r.state = newState;
+  r.delivered_at = r.delivered_at || at;
+  if (newState === "read") r.read_at = at;
+  return true;
 }
 
 // -- the team ------------------------------------------------------------------------------
