@@ -522,6 +522,8 @@ class _Waiter:
         self.runtime, self.name = runtime, name
         self.paths = None
         self.agent = ""
+        self.claiming = False    # between asking the daemon for messages and printing them
+        self.terminated = False
 
     def log(self, reason: str) -> None:
         if reason and self.paths is not None:
@@ -530,8 +532,8 @@ class _Waiter:
     def run(self) -> int:
         import signal
 
-        signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
-        signal.signal(signal.SIGHUP, lambda *a: os._exit(0))
+        signal.signal(signal.SIGTERM, self._terminate)
+        signal.signal(signal.SIGHUP, self._terminate)
         self.watch = _Ancestors()  # first of all: the session we belong to, while it is surely there
         try:
             data, problem = read_input()
@@ -560,6 +562,14 @@ class _Waiter:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
         return 2
+
+    def _terminate(self, signum, frame) -> None:
+        # Replaced by a newer waiter, or the session ended: go quietly, unless messages were just taken
+        # for the agent (recorded as delivered): those go out first, or they would be lost.
+        if self.claiming:
+            self.terminated = True
+        else:
+            os._exit(0)
 
     def _take_over(self, key: str) -> int:
         """Hold this session's waiter lock, ending an older waiter that holds it."""
@@ -617,11 +627,19 @@ class _Waiter:
                     if any(n.get("method") == "notification.message"
                            and (n.get("params") or {}).get("event") == "created" for n in queue):
                         queue.clear()
-                        result = deliver(self.paths, ident.name, f"{self.runtime}:wait", {"budget": BUDGET},
-                                         client=client)
+                        self.claiming = True
+                        try:
+                            result = deliver(self.paths, ident.name, f"{self.runtime}:wait", {"budget": BUDGET},
+                                             client=client)
+                        except BaseException:
+                            self.claiming = False
+                            raise
                         if result["messages"]:
                             return render_messages(result, ident.name, cli_command(),
                                                    several_identities(self.paths))
+                        self.claiming = False
+                        if self.terminated:
+                            return ""
                     if not watch.alive():
                         return ""
                     try:
