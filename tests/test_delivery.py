@@ -242,6 +242,8 @@ def test_bad_input_to_the_delivery_methods_is_refused_and_writes_nothing(agents)
             ("message.markDelivered", {"caller_agent_id": "bob", "message_ids": [1, 2]}),
             ("message.deliver", {"caller_agent_id": "nobody"}),
             ("message.deliver", {"caller_agent_id": "bob", "budget": "lots"}),
+            ("message.deliver", {"caller_agent_id": "bob", "deadline": "soon"}),
+            ("message.deliver", {"caller_agent_id": "bob", "deadline": True}),
             ("message.sent", {"caller_agent_id": "alice", "page_size": "x"}),
             ("message.receipts", {}),
         ]:
@@ -301,3 +303,16 @@ def test_the_author_hears_receipts_as_they_happen(agents):
                  == ["delivered", "read"], 10, what="two receipts")
     receipts = [n["params"] for n in notes if n.get("method") == "notification.receipt"]
     assert all(r["agent_id"] == "bob" and r["message_ids"] == [mid] for r in receipts)
+
+
+def test_a_caller_past_its_deadline_is_given_nothing_and_nothing_is_recorded(agents):
+    import time
+
+    t = agents
+    deliver(t, "bob")
+    with t.client() as c:
+        mid = send(c, "alice", "in time?", "@bob")
+    late = deliver(t, "bob", deadline=time.time() - 1)
+    assert late == {"messages": [], "more": 1, "started": False, "late": True}
+    assert t.call("message.receipts", message_id=mid)["receipts"][0]["state"] == "pending"
+    assert ids(deliver(t, "bob", deadline=time.time() + 30)) == [mid]

@@ -26,6 +26,8 @@ members, every agent for a broadcast), never its author.
 
 from __future__ import annotations
 
+import time
+
 from thrum.push import preview
 from thrum.rpc import InvalidParams, NotFound, Params
 from thrum.service import CallContext
@@ -44,7 +46,8 @@ PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 DEFAULT_BUDGET = 4000
 OVERHEAD = 160          # characters a hook adds around each message (attribution, fence, reply command)
 SCAN_LIMIT = 500        # new messages looked at per call; the rest wait for the next one
-BACKLOG_LOOK = 100      # unread backlog messages considered when a cursor starts
+BACKLOG_LOOK = 100      # unread backlog messages considered when a cursor starts (or on `backlog`)
+BACKLOG_SCAN = 5000     # ... among this many of the newest messages (older unread ones stay in the inbox)
 MAX_IDS = 1000
 
 
@@ -148,17 +151,24 @@ class Delivery:
         via = p.str("via", max_len=64)
         groups = self.service.cached(("groups_of", agent_id, role),
                                      lambda: self.service.groups_of(agent_id, role))
+        deadline = p.raw.get("deadline")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
+            raise InvalidParams("deadline must be a number (seconds since the epoch)")
         row = self.db.execute("SELECT after_seq FROM delivery_cursors WHERE agent_id=?", (agent_id,)).fetchone()
         started = row is None
         newest = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
         cursor = newest if started else row[0]
-        fresh = self._pending_after(agent_id, role, groups, cursor)
-        backlog = []
+        candidates = self._addressed(agent_id, role, groups, after=cursor, limit=SCAN_LIMIT)
+        scanned_all = len(candidates) < SCAN_LIMIT
         if started or p.bool("backlog"):
-            backlog = self._unread_backlog(agent_id, role, {r["message_id"] for r in fresh})
-        candidates = fresh + backlog
+            # What was waiting before the cursor: the newest unread, not given yet, of the latest messages.
+            candidates += self._addressed(agent_id, role, groups, after=max(0, cursor - BACKLOG_SCAN), upto=cursor,
+                                          newest_first=True, limit=BACKLOG_LOOK)
         candidates.sort(key=lambda r: (PRIORITY_RANK.get(r["priority"], 2), r["created_ns"], r["message_id"]))
         chosen, left = _within_budget(candidates, budget)
+        if deadline is not None and time.time() > deadline:
+            # The caller has given up waiting by now: recording these as delivered would lose them.
+            return {"messages": [], "more": len(candidates), "started": started, "late": True}
         out_messages = []
         delivered, read = [], []
         for r, cut in chosen:
@@ -167,12 +177,13 @@ class Delivery:
                 read.append(r["message_id"])
             out_messages.append(self._delivered_dict(r, cut, agent_id, role, groups))
         self._record(agent_id, delivered, read, via)
-        # The cursor moves past everything handled: up to the first fresh message still left, or all of it.
-        left_fresh = [r["seq"] for r in left if r.get("seq") is not None]
-        if left_fresh:
-            new_cursor = min(left_fresh) - 1
-        elif len(fresh) >= SCAN_LIMIT:
-            new_cursor = max(r["seq"] for r in fresh)
+        # The cursor moves past everything handled: up to the first message after it still left, or past
+        # all that was looked at.
+        left_after = [r["seq"] for r in left if r["seq"] > cursor]
+        if left_after:
+            new_cursor = min(left_after) - 1
+        elif not scanned_all:  # more may follow the rows looked at: stop after the last of them
+            new_cursor = max(r["seq"] for r, _ in chosen if r["seq"] > cursor)
         else:
             new_cursor = newest
         if started or new_cursor != cursor:
@@ -183,42 +194,31 @@ class Delivery:
             result["unread"] = self.service.inbox_counts(agent_id, role)[1]
         return result
 
-    def _pending_after(self, agent_id: str, role: str, groups: list[str], cursor: int) -> list[dict]:
-        """Messages after the cursor addressed to this agent and not given to it yet (rowid order)."""
+    def _addressed(self, agent_id: str, role: str, groups: list[str], *, after: int, upto: int | None = None,
+                   newest_first: bool = False, limit: int) -> list[dict]:
+        """Messages in the rowid range (after, upto] addressed to this agent, not its own, not deleted, and
+        not given to it yet. The rowid range comes first in the plan: only those rows are walked."""
+        args: list = [after]
+        bound = ""
+        if upto is not None:
+            bound = " AND m.rowid<=?"
+            args.append(upto)
+        args += [agent_id, agent_id, agent_id, role]
         group_test = ""
-        args: list = [cursor, agent_id, agent_id, agent_id, role]
         if groups:
             group_test = (" OR EXISTS (SELECT 1 FROM message_scopes s WHERE s.message_id=m.message_id"
                           f" AND s.type='group' AND s.value IN ({','.join('?' * len(groups))}))")
             args += groups
-        args += [agent_id, agent_id, SCAN_LIMIT]
-        # rowid range first: the plan walks only the rows written since the cursor.
+        args += [agent_id, agent_id, limit]
         rows = self.db.execute(
-            "SELECT m.rowid AS seq, m.* FROM messages m WHERE m.rowid>? AND m.deleted=0 AND m.agent_id!=?"
+            f"SELECT m.rowid AS seq, m.* FROM messages m WHERE m.rowid>?{bound} AND m.deleted=0 AND m.agent_id!=?"
             " AND m.authored_by!=?"
             " AND (m.broadcast=1 OR EXISTS (SELECT 1 FROM message_refs x WHERE x.message_id=m.message_id"
             " AND x.type='mention' AND x.value IN (?,?))" + group_test + ")"
             " AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE r.agent_id=? AND r.message_id=m.message_id)"
             " AND NOT EXISTS (SELECT 1 FROM message_deliveries d WHERE d.agent_id=? AND d.message_id=m.message_id)"
-            " ORDER BY m.rowid LIMIT ?", args).fetchall()
+            f" ORDER BY m.rowid {'DESC' if newest_first else 'ASC'} LIMIT ?", args).fetchall()
         return [dict(r) for r in rows]
-
-    def _unread_backlog(self, agent_id: str, role: str, skip: set[str]) -> list[dict]:
-        """The newest unread inbox messages not given yet (for a cursor that just started)."""
-        listing = self.service.message_list(Params({
-            "for_agent": agent_id, "for_agent_role": role, "exclude_self": True, "unread": True,
-            "caller_agent_id": agent_id, "page_size": BACKLOG_LOOK}), CallContext())
-        ids = [m["message_id"] for m in listing["messages"] if m["message_id"] not in skip]
-        if not ids:
-            return []
-        given = self._given(agent_id, ids)
-        ids = [i for i in ids if i not in given]
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT m.* FROM messages m WHERE m.message_id IN ({marks})"
-                               " AND m.authored_by!=?", ids + [agent_id]).fetchall()
-        return [dict(r, seq=None) for r in rows]
 
     def _delivered_dict(self, r: dict, cut: int | None, agent_id: str, role: str, groups: list[str]) -> dict:
         content = r["content"]

@@ -195,10 +195,10 @@ class _Hook:
         result = deliver(self.paths, ident.name, f"{self.runtime}:{self.event}", params)
         if self.event == "session-start":
             text = render_briefing(ident, result, cli_command(), several_identities(self.paths))
-        elif result["messages"] or result.get("started"):
+        elif result["messages"] or result["more"]:
             text = render_messages(result, ident.name, cli_command(), several_identities(self.paths))
         else:
-            text = ""
+            return None  # the common case after every tool call: nothing new, nothing printed
         if not text:
             return None
         if self.runtime == "cursor":
@@ -270,12 +270,18 @@ def several_identities(paths) -> bool:
 
 
 def deliver(paths, agent: str, via: str, params: dict, client=None) -> dict:
-    """One `message.deliver` call (the messages are recorded as delivered when it answers)."""
+    """One `message.deliver` call (the messages are recorded as delivered when it answers).
+
+    A call of our own gives the daemon a deadline just inside our timeout: past it, the daemon records
+    nothing, so a message is never marked delivered to a hook that gave up waiting for it."""
+    import time
+
     from thrum.rpc import Client, DaemonUnavailable, RPCError
 
     own = client is None
     try:
         if own:
+            params = {**params, "deadline": time.time() + RPC_TIMEOUT - 0.1}
             client = Client(paths.socket, timeout=RPC_TIMEOUT).connect()
         return client.call("message.deliver", {**params, "caller_agent_id": agent, "via": via})
     except DaemonUnavailable as exc:
