@@ -166,6 +166,10 @@ class Delivery:
                                           newest_first=True, limit=BACKLOG_LOOK)
         candidates.sort(key=lambda r: (PRIORITY_RANK.get(r["priority"], 2), r["created_ns"], r["message_id"]))
         chosen, left = _within_budget(candidates, budget)
+        result = {"more": len(left), "started": started}
+        if started or p.bool("backlog"):
+            unread = self.service.inbox_counts(agent_id, role)[1]  # before the deadline check: it can be slow
+            result["unread"] = max(0, unread - sum(1 for _, cut in chosen if cut is None))
         if deadline is not None and time.time() > deadline:
             # The caller has given up waiting by now: recording these as delivered would lose them.
             return {"messages": [], "more": len(candidates), "started": started, "late": True}
@@ -189,10 +193,7 @@ class Delivery:
         if started or new_cursor != cursor:
             self.db.execute("INSERT OR REPLACE INTO delivery_cursors(agent_id, after_seq) VALUES (?,?)",
                             (agent_id, new_cursor))
-        result = {"messages": out_messages, "more": len(left), "started": started}
-        if started or p.bool("backlog"):
-            result["unread"] = self.service.inbox_counts(agent_id, role)[1]
-        return result
+        return {"messages": out_messages, **result}
 
     def _addressed(self, agent_id: str, role: str, groups: list[str], *, after: int, upto: int | None = None,
                    newest_first: bool = False, limit: int) -> list[dict]:

@@ -283,7 +283,10 @@ def deliver(paths, agent: str, via: str, params: dict, client=None) -> dict:
         if own:
             params = {**params, "deadline": time.time() + RPC_TIMEOUT - 0.1}
             client = Client(paths.socket, timeout=RPC_TIMEOUT).connect()
-        return client.call("message.deliver", {**params, "caller_agent_id": agent, "via": via})
+        result = client.call("message.deliver", {**params, "caller_agent_id": agent, "via": via})
+        if result.get("late"):
+            raise _Quiet("the daemon answered too late; nothing was taken")
+        return result
     except DaemonUnavailable as exc:
         raise _Quiet(f"daemon unavailable: {exc}") from None
     except RPCError as exc:
