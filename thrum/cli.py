@@ -89,23 +89,9 @@ def split_list(values: list[str] | None) -> list[str]:
 def ago(timestamp: str) -> str:
     if not timestamp:
         return "never"
-    import time
+    from thrum.events import ago as _ago
 
-    from thrum.events import EventError, parse_timestamp_ns
-
-    try:
-        secs = (time.time_ns() - parse_timestamp_ns(timestamp)) / 1e9
-    except EventError:
-        return timestamp
-    if secs < 45:
-        return "just now"
-    if secs < 3600:
-        return f"{int(secs // 60) or 1}m ago"
-    if secs < 86400:
-        return f"{int(secs // 3600)}h ago"
-    if secs < 86400 * 30:
-        return f"{int(secs // 86400)}d ago"
-    return timestamp[:10]
+    return _ago(timestamp)
 
 
 def duration_text(ms: int) -> str:
@@ -3117,20 +3103,27 @@ def _setup_setup_with_mcp(c: Commands) -> None:
     h.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
 
 
-def cmd_setup_hooks(ctx: Ctx) -> int:
-    from thrum import hook_setup
+def _setup_target(ctx: Ctx, agent: str, flag: str) -> tuple[str, str]:
+    """Where `setup mcp|hooks` writes (the checkout's top) and the agent named by `flag`, validated."""
     from thrum.identity import InvalidName, validate_name
     from thrum.paths import find_git_toplevel, find_repo_root
 
-    a = ctx.args
-    start = os.path.abspath(a.repo or os.getcwd())
+    start = os.path.abspath(ctx.args.repo or os.getcwd())
     root = find_git_toplevel(start) or find_repo_root(start) or start
-    name = (a.name or "").lstrip("@")
-    if name:
+    agent = (agent or "").lstrip("@")
+    if agent:
         try:
-            validate_name(name)
+            validate_name(agent)
         except InvalidName as exc:
-            raise UsageError(f"invalid --name: {exc}") from None
+            raise UsageError(f"invalid {flag}: {exc}") from None
+    return root, agent
+
+
+def cmd_setup_hooks(ctx: Ctx) -> int:
+    from thrum import hook_setup
+
+    a = ctx.args
+    root, name = _setup_target(ctx, a.name, "--name")
     command = a.command.strip() or hook_setup.default_command()
     try:
         plan = hook_setup.plan(a.runtime, root, command, name, remove=a.remove)
@@ -3177,18 +3170,9 @@ def cmd_setup_mcp(ctx: Ctx) -> int:
     import shutil
 
     from thrum import mcp_config
-    from thrum.identity import InvalidName, validate_name
-    from thrum.paths import find_git_toplevel, find_repo_root
 
     a = ctx.args
-    start = os.path.abspath(a.repo or os.getcwd())
-    root = find_git_toplevel(start) or find_repo_root(start) or start
-    agent_id = (a.agent_id or "").lstrip("@")
-    if agent_id:
-        try:
-            validate_name(agent_id)
-        except InvalidName as exc:
-            raise UsageError(f"invalid --agent-id: {exc}") from None
+    root, agent_id = _setup_target(ctx, a.agent_id, "--agent-id")
     try:
         command = shlex.split(a.command)
     except ValueError as exc:

@@ -15,7 +15,7 @@ import time
 
 __all__ = [
     "MAX_LINE_BYTES", "EventError", "encode_line", "decode_line", "now_ns", "format_ns",
-    "now_timestamp", "parse_timestamp_ns", "new_ulid", "new_id", "shard_for",
+    "now_timestamp", "parse_timestamp_ns", "ago", "new_ulid", "new_id", "shard_for",
     "author_file_name", "order_key", "derived_event_id", "deterministic_ulid",
 ]
 
@@ -75,6 +75,23 @@ def format_ns(ns: int) -> str:
 
 def now_timestamp() -> str:
     return format_ns(now_ns())
+
+
+def ago(timestamp: str, now: int | None = None) -> str:
+    """`just now`, `5m ago`, `3h ago`, `2d ago`, else the date; an unreadable timestamp as it is."""
+    try:
+        secs = ((time.time_ns() if now is None else now) - parse_timestamp_ns(timestamp)) / 1e9
+    except EventError:
+        return timestamp
+    if secs < 45:
+        return "just now"
+    if secs < 3600:
+        return f"{int(secs // 60) or 1}m ago"
+    if secs < 86400:
+        return f"{int(secs // 3600)}h ago"
+    if secs < 86400 * 30:
+        return f"{int(secs // 86400)}d ago"
+    return timestamp[:10]
 
 
 _DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)

@@ -158,16 +158,21 @@ def _remove_ours(doc, runtime: str) -> None:
         doc.remove_member((), "hooks")
 
 
+def _read(path: str) -> str | None:
+    """A config file's text as it is (\r\n kept), or None when there is none."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(f"cannot read {path}: {exc}") from None
+
+
 def _plan_hook_file(runtime: str, path: str, command: str, name: str, remove: bool) -> dict:
     from thrum.jsonedit import Document, JSONEditError
 
-    try:
-        with open(path, encoding="utf-8", newline="") as f:  # keep \r\n as it is
-            text = f.read()
-    except FileNotFoundError:
-        text = None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SetupError(f"cannot read {path}: {exc}") from None
+    text = _read(path)
     if text is None and remove:
         return {"path": path, "action": "unchanged", "text": None, "old": None}
     try:
@@ -220,13 +225,7 @@ def _plan_codex_config(path: str, remove: bool) -> dict | None:
     """`[features] hooks = true` in the project's config.toml (left alone on remove: other hooks may need it)."""
     import tomllib
 
-    try:
-        with open(path, encoding="utf-8", newline="") as f:  # keep \r\n as it is
-            text = f.read()
-    except FileNotFoundError:
-        text = None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SetupError(f"cannot read {path}: {exc}") from None
+    text = _read(path)
     if remove:
         return None
     try:

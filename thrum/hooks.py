@@ -392,22 +392,6 @@ def cli_command() -> str:
     return "thrum"
 
 
-def _ago(created_at: str, now_ns: int) -> str:
-    from thrum.events import EventError, parse_timestamp_ns
-
-    try:
-        secs = (now_ns - parse_timestamp_ns(created_at)) / 1e9
-    except EventError:
-        return created_at
-    if secs < 45:
-        return "just now"
-    if secs < 3600:
-        return f"{int(secs // 60) or 1}m ago"
-    if secs < 86400:
-        return f"{int(secs // 3600)}h ago"
-    return f"{int(secs // 86400)}d ago"
-
-
 def _fence(text: str) -> str:
     """A backtick fence longer than any run of backticks inside, so the body cannot close it."""
     longest = run = 0
@@ -418,7 +402,9 @@ def _fence(text: str) -> str:
 
 
 def _one(m: dict, me: str, cli: str, now_ns: int, name_flag: str) -> list[str]:
-    head = f"@{m['agent_id']} → {m.get('audience') or 'you'}, {_ago(m['created_at'], now_ns)}"
+    from thrum.events import ago
+
+    head = f"@{m['agent_id']} → {m.get('audience') or 'you'}, {ago(m['created_at'], now_ns)}"
     if m.get("priority", "normal") != "normal":
         head += f", {m['priority']}"
     if m.get("authored_by"):
