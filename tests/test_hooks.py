@@ -191,13 +191,13 @@ def test_injections_stay_within_the_budget_and_count_the_rest(agents):
             c.call("message.send", {"caller_agent_id": "alice", "content": f"m{i} " + "x" * 600,
                                     "mentions": ["@bob"]})
     text = context_of(hook(t, "codex", "after-tool", {"session_id": "s"}, name="bob"))
-    assert len(text) <= 4500 and "7 more new messages for you" in text and "`thrum inbox --name bob`" in text
-    seen = text.count("Reply: thrum reply")
+    assert len(text) <= 4500 and "7 more new messages for you" in text and "thrum inbox --name bob`" in text
+    seen = text.count(" thrum reply ")
     while True:
         out = output(hook(t, "codex", "after-tool", {"session_id": "s"}, name="bob"))
         if out is None:
             break
-        seen += out["hookSpecificOutput"]["additionalContext"].count("Reply: thrum reply")
+        seen += out["hookSpecificOutput"]["additionalContext"].count(" thrum reply ")
     assert seen == 12
 
 

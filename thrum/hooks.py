@@ -389,6 +389,8 @@ def cli_command() -> str:
         return argv0
     if argv0.endswith(".pyz"):
         return f"{os.path.basename(sys.executable) or 'python3'} {argv0}"
+    if argv0.endswith("__main__.py"):  # python -m thrum (a vendored copy)
+        return f"{os.path.basename(sys.executable) or 'python3'} -m thrum"
     return "thrum"
 
 
