@@ -316,3 +316,23 @@ def test_a_caller_past_its_deadline_is_given_nothing_and_nothing_is_recorded(age
     assert late == {"messages": [], "more": 1, "started": False, "late": True}
     assert t.call("message.receipts", message_id=mid)["receipts"][0]["state"] == "pending"
     assert ids(deliver(t, "bob", deadline=time.time() + 30)) == [mid]
+
+
+def test_sent_pages_through_own_messages_and_a_users_acting_as_ones(agents):
+    from _rt import WS
+
+    t = agents
+    with t.client() as c:
+        mine = [send(c, "alice", f"a{i}", "@bob") for i in range(25)]
+    with WS(t) as ws:  # a browser user writes one message as alice and one as itself
+        ws.call("user.register", username="leon")
+        as_alice = ws.call("message.send", content="written by leon", mentions=["@bob"],
+                           acting_as="alice")["message_id"]
+        own = ws.call("message.send", content="leon himself", mentions=["@bob"])["message_id"]
+    first = t.call("message.sent", caller_agent_id="alice", page_size=10)
+    assert first["total"] == 26 and first["has_more"] and len(first["messages"]) == 10
+    pages = first["messages"] + t.call("message.sent", caller_agent_id="alice", page_size=10, page=2)["messages"] \
+        + t.call("message.sent", caller_agent_id="alice", page_size=10, page=3)["messages"]
+    assert [m["message_id"] for m in pages] == [as_alice] + mine[::-1]
+    leon = t.call("message.sent", caller_agent_id="user:leon")
+    assert [m["message_id"] for m in leon["messages"]] == [own, as_alice] and leon["total"] == 2

@@ -2807,7 +2807,8 @@ def _prime_lines(d: dict) -> list[str]:
 
 @command("setup")
 def _setup_setup(c: Commands) -> None:
-    p = c.add(c.sub, "setup", "Link this worktree to the main repository's thrum (or: setup claude-md)",
+    p = c.add(c.sub, "setup",
+              "Link this worktree to the main repository's thrum (or: setup claude-md, mcp, hooks)",
               cmd_setup_worktree)
     p.add_argument("--main-repo", default="", help="the main checkout (default: found through git)")
     sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)

@@ -39,6 +39,7 @@ CREATE TABLE message_deliveries (agent_id TEXT NOT NULL, message_id TEXT NOT NUL
     via TEXT NOT NULL DEFAULT '', PRIMARY KEY (agent_id, message_id)) WITHOUT ROWID;
 CREATE INDEX message_deliveries_message ON message_deliveries(message_id);
 CREATE TABLE delivery_cursors (agent_id TEXT PRIMARY KEY, after_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX messages_authored_by ON messages(authored_by, created_ns) WHERE authored_by != '';
 """
 
 _RECEIPT_EVENTS = {"message.delivered": "delivered", "message.read": "read"}
@@ -49,6 +50,7 @@ SCAN_LIMIT = 500        # new messages looked at per call; the rest wait for the
 BACKLOG_LOOK = 100      # unread backlog messages considered when a cursor starts (or on `backlog`)
 BACKLOG_SCAN = 5000     # ... among this many of the newest messages (older unread ones stay in the inbox)
 MAX_IDS = 1000
+SENT_SCAN = 5000        # own messages a filtered `message.sent` looks through, at most
 
 
 class Delivery:
@@ -333,7 +335,8 @@ class Delivery:
 
         `to` keeps the messages addressed to that agent (and shows only its receipt);
         `unread` keeps those some recipient has not read. Pages walk the caller's
-        messages by date and stop once the page is full.
+        messages by date through an index and stop once the page is full; a filtered
+        walk gives up after SENT_SCAN messages (`searched_all: false`).
         """
         me = self.service.caller(p, ctx)["agent_id"]
         to = p.str("to", max_len=128).lstrip("@")
@@ -344,38 +347,54 @@ class Delivery:
         page = p.int("page", 1, lo=1, hi=100_000, clamp=True)
         skip = (page - 1) * page_size
         out: list[dict] = []
-        has_more = False
-        offset = 0
-        chunk = 200
-        while len(out) < page_size + 1:
-            rows = self.db.execute(
-                "SELECT * FROM messages WHERE (agent_id=? OR authored_by=?) AND deleted=0"
-                " ORDER BY created_ns DESC, message_id DESC LIMIT ? OFFSET ?", (me, me, chunk, offset)).fetchall()
-            if not rows:
+        has_more, searched_all = False, True
+        for walked, row in enumerate(self._own_messages(me)):
+            if (to or only_unread) and walked >= SENT_SCAN:
+                searched_all = False
                 break
-            offset += len(rows)
-            for row in rows:
-                receipts = self.receipts(row)
-                if to:
-                    receipts = [r for r in receipts if r["agent_id"] == to]
-                    if not receipts:
-                        continue
-                if only_unread and all(r["state"] == "read" for r in receipts):
+            receipts = self.receipts(row)
+            if to:
+                receipts = [r for r in receipts if r["agent_id"] == to]
+                if not receipts:
                     continue
-                if skip:
-                    skip -= 1
-                    continue
-                if len(out) == page_size:
-                    has_more = True
-                    break
-                out.append(self._sent_dict(row, receipts))
-            if has_more:
+            if only_unread and all(r["state"] == "read" for r in receipts):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            if len(out) == page_size:
+                has_more = True
                 break
+            out.append(self._sent_dict(row, receipts))
         result = {"messages": out, "page": page, "page_size": page_size, "has_more": has_more}
+        if not searched_all:
+            result["searched_all"] = False
         if not to and not only_unread:
-            result["total"] = self.db.execute(
-                "SELECT COUNT(*) FROM messages WHERE (agent_id=? OR authored_by=?) AND deleted=0", (me, me)).fetchone()[0]
+            result["total"] = sum(self.db.execute(sql, (me,)).fetchone()[0] for sql in (
+                "SELECT COUNT(*) FROM messages WHERE agent_id=? AND deleted=0",
+                "SELECT COUNT(*) FROM messages WHERE authored_by=? AND authored_by!='' AND deleted=0"))
         return result
+
+    def _own_messages(self, me: str):
+        """Rows of the messages `me` sent (as author, or as the user who wrote them acting_as), newest
+        first: two index walks (agent_id, created_ns) and (authored_by, created_ns), merged."""
+        import heapq
+
+        def walk(column: str, extra: str):
+            last = None
+            while True:
+                bound = "" if last is None else " AND (created_ns<? OR (created_ns=? AND message_id<?))"
+                args = [me] + ([] if last is None else [last[0], last[0], last[1]]) + [200]
+                rows = self.db.execute(f"SELECT * FROM messages WHERE {column}=?{extra} AND deleted=0{bound}"
+                                       " ORDER BY created_ns DESC, message_id DESC LIMIT ?", args).fetchall()
+                if not rows:
+                    return
+                yield from rows
+                last = (rows[-1]["created_ns"], rows[-1]["message_id"])
+        streams = [walk("agent_id", "")]
+        if me.startswith("user:"):  # only users post acting_as an agent
+            streams.append(walk("authored_by", " AND authored_by!=''"))
+        yield from heapq.merge(*streams, key=lambda row: (row["created_ns"], row["message_id"]), reverse=True)
 
     def _sent_dict(self, row, receipts: list[dict]) -> dict:
         to = [("@" + r[1]) for r in self.db.execute(
