@@ -1511,7 +1511,8 @@ def cmd_sent(ctx: Ctx) -> int:
 
     def human(r):
         if not r["messages"]:
-            return ["No sent messages" + (" with unread recipients." if args.unread else ".")]
+            return ["No sent messages" + (" with unread recipients." if args.unread else ".")
+                    + ("" if r.get("searched_all") is not False else " (among your newest 5,000)")]
         lines = []
         for m in r["messages"]:
             prio = f"  [{m['priority']}]" if m.get("priority", "normal") != "normal" else ""
@@ -1532,6 +1533,8 @@ def cmd_sent(ctx: Ctx) -> int:
         lines.append(footer)
         if r.get("has_more"):
             lines.append(f"  More: thrum sent --page {r['page'] + 1}")
+        if r.get("searched_all") is False:
+            lines.append("  (looked through your newest 5,000 messages only)")
         return lines
     ctx.emit(result, human)
     return 0
