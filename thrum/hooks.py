@@ -720,7 +720,9 @@ def headless_claude(depth: int = 4) -> bool:
         if pid <= 1:
             return False
         argv = _cmdline(pid)
-        if any(a in ("-p", "--print") or a.startswith("--print=") for a in argv[1:]):
+        # Claude Code itself (its native binary, or a script run by an interpreter), not any process with a -p.
+        is_claude = any(os.path.basename(a) == "claude" for a in argv[:2])
+        if is_claude and any(a in ("-p", "--print") or a.startswith("--print=") for a in argv[1:]):
             return True
         pid = _parent_of(pid)
     return False
