@@ -50,8 +50,13 @@ class Team:
 
     def runner(self, cls, models, **env):
         """The runtime as bob: the hooks act as THRUM_NAME, like `THRUM_NAME=bob claude`."""
-        return cls(models, self.root, cwd=self.t.repo,
-                   env={"THRUM_NAME": "bob", "PYTHONPATH": str(ROOT), **env})
+        rt = cls(models, self.root, cwd=self.t.repo, env={"THRUM_NAME": "bob", "PYTHONPATH": str(ROOT), **env})
+        if cls is Codex:
+            # Only what `setup hooks` wrote may turn Codex's hooks on (.codex/config.toml in the project).
+            config = rt.home / ".codex" / "config.toml"
+            config.write_text(config.read_text().replace("[features]\nhooks = true\n", ""))
+            assert "hooks = true" not in config.read_text()
+        return rt
 
     def send(self, text: str, to: str = "@bob") -> str:
         with self.t.client() as c:
