@@ -365,18 +365,29 @@ class Bench:
                         f"{data.get('agents')} agents (migrate {time.perf_counter() - t0:.2f}s)")
 
     def _generate(self, count: int) -> None:
-        """init, 10 agents via quickstart, `count` messages over the socket; the daemon is left stopped."""
+        """init, 50 agents and 8 groups through the daemon, then a year of `count` messages written to
+        the log (bench/generate.py) and projected by `migrate --rebuild`; the daemon is left stopped."""
+        from generate import setup_team, write_history
+
         self.thrum("init")
         self.start_daemon()
-        for i in range(10):
-            name = agent_name(i)
-            self.thrum("quickstart", "--name", name, "--role", ROLES[i % len(ROLES)], "--module", "main",
-                       name=name)
-        params = [{"content": f"generated message {i}", "caller_agent_id": agent_name(i % 10),
-                   "mentions": [f"@{agent_name((i + 1) % 10)}"]} for i in range(count)]
-        self.pipeline_send(params, window=64)
+        team = setup_team(self.call, self.thrum, getattr(self.args, "agents", 50))
         self.stop_daemon()
-        self.dataset = f"generated: 10 agents, {count} messages (--generate)"
+        t0 = time.perf_counter()
+        stats = write_history(os.path.join(self.repo, ".git", "thrum-sync", "a-sync"), team, count,
+                              progress=lambda i, n: log(f"generated {i:,}/{n:,} messages"))
+        wrote = time.perf_counter() - t0
+        os.remove(os.path.join(self.var, "messages.db"))
+        t0 = time.perf_counter()
+        proc = self.thrum("migrate", "--rebuild", "--json", timeout=3600)
+        data = json.loads(proc.stdout)
+        self.dataset = (f"generated (bench/generate.py): {len(team.agents)} agents, {stats['messages']:,} messages"
+                        f" ({stats['threads']:,} replies, {stats['broadcasts']:,} to everyone, {stats['edits']:,}"
+                        f" edits, {stats['deletes']:,} deletions), {stats['read_events']:,} read events"
+                        f" ({stats['reads']:,} markers), {stats['delivered_events']:,} receipts;"
+                        f" {data.get('events'):,} events, log {stats['log_bytes'] / MiB:,.0f} MiB written in"
+                        f" {wrote:.0f} s, first rebuild {time.perf_counter() - t0:.1f} s")
+        log(self.dataset)
 
     # -- daemon control ----------------------------------------------------------------------
 
@@ -1075,7 +1086,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fixture", help=f"the Go fixture tarball (default: {default_fixture()})")
     p.add_argument("--generate", type=int, metavar="N", default=0,
-                   help="use a generated dataset of N messages and 10 agents instead of the fixture")
+                   help="use a generated dataset of N messages (bench/generate.py) instead of the fixture")
+    p.add_argument("--agents", type=int, default=50, help="agents in a generated dataset (default 50)")
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke run; numbers are rough)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     groups = sorted({r.group for r in make_rows()})

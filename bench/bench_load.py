@@ -519,7 +519,7 @@ def _bench_main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fixture", help=f"the Go fixture tarball (default: {bench.default_fixture()})")
     p.add_argument("--generate", type=int, metavar="N", default=0,
-                   help="use a generated dataset of N messages and 10 agents instead of the fixture")
+                   help="use a generated dataset of N messages (bench/generate.py) instead of the fixture")
     p.add_argument("--quick", action="store_true", help="4 clients, 2 s rounds (a smoke run; numbers are rough)")
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 20; --quick 4)")
     p.add_argument("--seconds", type=float, default=None, help="length of one round (default 10; --quick 2)")
