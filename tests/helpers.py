@@ -85,6 +85,8 @@ def table_rows(db_path, table: str, exclude=()) -> list[tuple]:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})") if r[1] not in exclude]
+        if table == "message_audience":  # seq is the messages rowid, which differs between a clone and a rebuild
+            cols = [c if c != "seq" else "(SELECT message_id FROM messages WHERE rowid = seq)" for c in cols]
         rows = conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
     finally:
         conn.close()

@@ -32,7 +32,10 @@ from test_sync import clones, event_id_counts, force, message_ids, remote, sync_
 # docs/guarantees.md names local-only (heartbeats, git check times) are left out.
 PROJECTION_TABLES = ("agents", "sessions", "messages", "message_scopes", "message_refs", "message_reads",
                      "message_edits", "message_deliveries", "groups", "group_members", "work_contexts", "applied",
-                     "bad_lines")
+                     "bad_lines",
+                     # the derived views (views.py): audience index, keysets and counters
+                     "message_audience", "keysets", "keyset_keys", "audience_counts", "reader_counts", "scope_counts",
+                     "scope_reads", "counters")
 LOCAL_ONLY_COLUMNS = ("last_seen_at", "git_checked_at")
 
 

@@ -15,7 +15,10 @@ from helpers import RawConn, log_lines, message_create_counts, register, table_r
 from thrum.events import encode_line, new_id, now_timestamp
 
 PROJECTION_TABLES = ("agents", "sessions", "messages", "message_scopes", "message_refs", "message_reads",
-                     "message_edits", "message_deliveries", "groups", "group_members", "work_contexts")
+                     "message_edits", "message_deliveries", "groups", "group_members", "work_contexts",
+                     # the derived views (views.py): audience index, keysets and counters
+                     "message_audience", "keysets", "keyset_keys", "audience_counts", "reader_counts", "scope_counts",
+                     "scope_reads", "counters")
 
 
 def _workload(t):
@@ -267,9 +270,11 @@ def test_rebuild_progress_callback(daemon):
     result = migrate.run(resolve(str(t.repo)), rebuild_only=True,
                          progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert result["messages"] == 6
-    applying = [c for c in calls if c[0] == "applying"]
-    assert applying and applying[-1][1] == applying[-1][2] == result["events"]
-    assert any(c[0] == "reading" for c in calls)
+    reading = [c for c in calls if c[0] == "reading the log (KiB)"]
+    assert reading and reading[-1][1] == reading[-1][2] > 0
+    assert [c[1] for c in reading] == sorted(c[1] for c in reading)
+    indexing = [c for c in calls if c[0] == "indexing"]
+    assert indexing and indexing[-1][1] == indexing[-1][2] > 1
 
 
 def test_migrate_rebuild_prints_progress_on_a_terminal(daemon):
@@ -297,7 +302,7 @@ def test_migrate_rebuild_prints_progress_on_a_terminal(daemon):
             os.close(slave)
         os.close(master)
     assert proc.returncode == 0, (out, err)
-    assert b"applying: " in err
+    assert b"reading the log (KiB): " in err and b"indexing: " in err
     assert b"Database rebuilt from the log" in out
     # Not a terminal: no progress noise.
     plain = t.run("migrate", "--rebuild")

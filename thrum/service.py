@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from thrum import __version__
+from thrum import __version__, views
 from thrum.events import EventError, format_ns, new_id, now_ns, parse_timestamp_ns
 from thrum.identity import InvalidName, list_identities, load_identity, validate_name, validate_word
 from thrum.rpc import (
@@ -742,6 +742,11 @@ class Service:
             raise InvalidParams(f"invalid sort_order: {sort_order} (must be asc or desc)")
         page_size = p.int("page_size", 10, lo=1, hi=100, clamp=True) if p.raw.get("page_size") != 0 else 10
         page = p.int("page", 1, lo=1, hi=1_000_000, clamp=True)
+        fast = self._view_page(p, caller, targets, for_agent, for_role, reader, only_unread, sort_by,
+                               sort_order, page, page_size)
+        if fast is not None:
+            rows, total, unread = fast
+            return self._list_result(rows, reader, only_unread, total, unread, page, page_size)
         if inbox is None:
             clause = (" WHERE " + " AND ".join(where)) if where else ""
             matching = self.db.execute(f"SELECT COUNT(*) FROM messages m{clause}", args).fetchone()[0]
@@ -779,6 +784,40 @@ class Service:
         order = f" ORDER BY {order_col} {sort_order.upper()}, m.message_id {sort_order.upper()}"
         rows = self.db.execute(f"SELECT m.* FROM messages m{page_clause}{order} LIMIT ? OFFSET ?",
                                page_args + [page_size, (page - 1) * page_size]).fetchall()
+        return self._list_result(rows, reader, only_unread, total, unread, page, page_size)
+
+    def _view_page(self, p: Params, caller: str, targets: list[str], for_agent: str, for_role: str, reader: str,
+                   only_unread: bool, sort_by: str, sort_order: str, page: int, page_size: int):
+        """The page from the audience index (views.py) when the filters are ones it serves, else None."""
+        if (p.bool("include_deleted") or sort_by != "created_at" or p.obj("ref") is not None
+                or any(p.str(k, max_len=128) for k in ("thread_id", "author_id", "reply_to", "after"))):
+            return None
+        excluded = {a for a in (caller if p.bool("exclude_self") else "", p.str("exclude_author", max_len=128)) if a}
+        if len(excluded) > 1:
+            return None
+        exclude = excluded.pop() if excluded else ""
+        scope = p.obj("scope")
+        scope_key = ""
+        keys = None
+        if scope is not None:
+            if for_agent or targets:
+                return None
+            if scope["type"] == "group":
+                keys = ["#" + scope["value"]]
+            else:
+                scope_key = f"~{scope['type']}:{scope['value']}"
+        if for_agent:
+            if targets:
+                return None
+            groups = self.cached(("groups_of", for_agent, for_role), lambda: self.groups_of(for_agent, for_role))
+            keys = views.audience_keys(for_agent, for_role, groups)
+        elif targets:
+            keys = ["@" + t for t in dict.fromkeys(targets)]
+        return views.list_page(self.db, keys=keys, scope_key=scope_key, exclude_author=exclude, reader=reader,
+                               only_unread=only_unread, page=page, page_size=page_size, desc=sort_order == "desc")
+
+    def _list_result(self, rows, reader: str, only_unread: bool, total: int, unread: int, page: int,
+                     page_size: int) -> dict:
         ids = [r["message_id"] for r in rows]
         scopes = self._pairs_for("message_scopes", ids)
         refs = self._pairs_for("message_refs", ids)
@@ -1010,9 +1049,9 @@ class Service:
     # -- team -----------------------------------------------------------------------------
 
     def inbox_counts(self, agent_id: str, role: str) -> tuple[int, int]:
-        result = self.message_list(Params({"for_agent": agent_id, "for_agent_role": role, "exclude_self": True,
-                                           "caller_agent_id": agent_id, "page_size": 1}), CallContext())
-        return result["total"], result["unread"]
+        role = role or agent_id
+        groups = self.cached(("groups_of", agent_id, role), lambda: self.groups_of(agent_id, role))
+        return views.inbox_counts(self.db, agent_id, role, groups)
 
     def team_list(self, p: Params, ctx: CallContext) -> dict:
         include_offline = p.bool("include_offline")
@@ -1043,10 +1082,11 @@ class Service:
                 item["last_seen"] = row["last_seen_at"]
             item["inbox_total"], item["inbox_unread"] = self.inbox_counts(row["agent_id"], row["role"])
             members.append(item)
-        shared = {"broadcasts": self.db.execute("SELECT COUNT(*) FROM messages WHERE broadcast=1 AND deleted=0")
-                  .fetchone()[0], "groups": {}}
-        for r in self.db.execute("SELECT value, COUNT(*) FROM message_scopes WHERE type='group' GROUP BY value"):
-            shared["groups"][r[0]] = r[1]
+        shared = {"broadcasts": views.count_addressed(self.db, ["*"])[0], "groups": {}}
+        for (key,) in self.db.execute("SELECT DISTINCT key FROM keyset_keys WHERE key > '#' AND key < '#~'"):
+            count = views.count_addressed(self.db, [key])[0]
+            if count:
+                shared["groups"][key[1:]] = count
         return {"members": members, "shared_messages": shared}
 
 

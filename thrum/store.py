@@ -50,6 +50,7 @@ SCHEMA_VERSION = 3
 EVENTS_FILE = "events.jsonl"
 MESSAGES_DIR = "messages"
 _TAIL = 32  # bytes of a file's end remembered to notice a file replaced under us
+_REBUILD_CHUNK = 4 << 20  # bytes of log a rebuild reads and applies at a time
 
 
 class StorageFailure(Exception):
@@ -362,12 +363,15 @@ class EventLog:
 
     # reading
 
-    def read_from(self, rel: str, offset: int) -> tuple[list[tuple[bytes, int]], int]:
-        """Complete lines from `offset`: [(line, end offset)], and where reading stopped."""
+    def read_from(self, rel: str, offset: int, limit: int = -1) -> tuple[list[tuple[bytes, int]], int]:
+        """Complete lines from `offset` (about `limit` bytes of them, if given): [(line, end offset)],
+        and where reading stopped."""
         try:
             with open(self.path(rel), "rb") as f:
                 f.seek(offset)
-                data = f.read()
+                data = f.read(limit)
+                if limit > 0 and len(data) == limit and b"\n" not in data:
+                    data += f.read()  # one line longer than the limit (not ours): take it whole
         except FileNotFoundError:
             return [], offset
         out = []
@@ -484,7 +488,8 @@ CREATE TABLE messages (
     content TEXT NOT NULL DEFAULT '', structured TEXT, priority TEXT NOT NULL DEFAULT 'normal',
     deleted INTEGER NOT NULL DEFAULT 0, deleted_at TEXT NOT NULL DEFAULT '', delete_reason TEXT NOT NULL DEFAULT '',
     authored_by TEXT NOT NULL DEFAULT '', disclosed INTEGER NOT NULL DEFAULT 0,
-    broadcast INTEGER NOT NULL DEFAULT 1, edits INTEGER NOT NULL DEFAULT 0, client_id TEXT NOT NULL DEFAULT '');
+    broadcast INTEGER NOT NULL DEFAULT 1, edits INTEGER NOT NULL DEFAULT 0, client_id TEXT NOT NULL DEFAULT '',
+    keyset INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX messages_created ON messages(created_ns);
 CREATE INDEX messages_audience ON messages(broadcast, deleted, agent_id, message_id);
 CREATE INDEX messages_agent ON messages(agent_id, created_ns);
@@ -512,6 +517,44 @@ CREATE TABLE group_members (group_id TEXT NOT NULL, member_type TEXT NOT NULL, m
     added_at TEXT NOT NULL, added_by TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (group_id, member_type, member_value)) WITHOUT ROWID;
 CREATE INDEX group_members_tv ON group_members(member_type, member_value);
+CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE keysets (keyset_id INTEGER PRIMARY KEY, keys TEXT NOT NULL UNIQUE);
+CREATE TABLE keyset_keys (key TEXT NOT NULL, keyset_id INTEGER NOT NULL, PRIMARY KEY (key, keyset_id)) WITHOUT ROWID;
+CREATE TABLE message_audience (key TEXT NOT NULL, created_ns INTEGER NOT NULL, seq INTEGER NOT NULL,
+    author TEXT NOT NULL, PRIMARY KEY (key, created_ns, seq)) WITHOUT ROWID;
+CREATE TABLE audience_counts (keyset_id INTEGER NOT NULL, author TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, author)) WITHOUT ROWID;
+CREATE TABLE reader_counts (agent_id TEXT NOT NULL, keyset_id INTEGER NOT NULL, own INTEGER NOT NULL,
+    n INTEGER NOT NULL, PRIMARY KEY (agent_id, keyset_id, own)) WITHOUT ROWID;
+CREATE TABLE scope_counts (key TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE scope_reads (agent_id TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, key)) WITHOUT ROWID;
+"""
+
+# Derived state a rebuild computes in bulk after loading the events (the appliers maintain it
+# one event at a time otherwise). Every message that is not deleted has one row in
+# message_audience per key it is addressed by (`@name` mention, `#group`, `*` broadcast) and per
+# scope (`~type:value`); the counters let unread and total counts skip the messages themselves.
+_DERIVE_SQL = """
+INSERT INTO message_audience SELECT key, created_ns, seq, author FROM (
+    SELECT '@' || r.value AS key, m.created_ns AS created_ns, m.rowid AS seq, m.agent_id AS author
+        FROM message_refs r JOIN messages m ON m.message_id = r.message_id WHERE r.type = 'mention' AND m.deleted = 0
+    UNION ALL SELECT CASE s.type WHEN 'group' THEN '#' || s.value ELSE '~' || s.type || ':' || s.value END,
+        m.created_ns, m.rowid, m.agent_id
+        FROM message_scopes s JOIN messages m ON m.message_id = s.message_id WHERE m.deleted = 0
+    UNION ALL SELECT '*', created_ns, rowid, agent_id FROM messages WHERE broadcast = 1 AND deleted = 0)
+    ORDER BY 1, 2, 3;
+INSERT INTO audience_counts SELECT keyset, agent_id, COUNT(*) FROM messages WHERE deleted = 0 GROUP BY 1, 2;
+INSERT INTO reader_counts SELECT r.agent_id, m.keyset, m.agent_id = r.agent_id, COUNT(*)
+    FROM messages m CROSS JOIN message_reads r ON r.message_id = m.message_id WHERE m.deleted = 0 GROUP BY 1, 2, 3;
+INSERT INTO scope_counts SELECT key, COUNT(*) FROM message_audience WHERE key > '~' AND key < '~~' GROUP BY 1;
+INSERT INTO scope_reads SELECT r.agent_id, '~' || s.type || ':' || s.value, COUNT(*)
+    FROM message_scopes s CROSS JOIN messages m ON m.message_id = s.message_id
+    CROSS JOIN message_reads r ON r.message_id = s.message_id
+    WHERE s.type != 'group' AND m.deleted = 0 GROUP BY 1, 2;
+INSERT INTO counters SELECT 'events', COUNT(*) FROM applied;
+INSERT INTO counters SELECT 'messages', COUNT(*) FROM messages;
+INSERT INTO counters SELECT 'live_messages', COUNT(*) FROM messages WHERE deleted = 0;
 """
 
 
@@ -565,8 +608,14 @@ def _newer(candidate, current) -> bool:
 class Projection:
     """Appliers that turn events into rows; each is idempotent through `applied`."""
 
-    def __init__(self, conn: sqlite3.Connection, extra_appliers: dict) -> None:
+    def __init__(self, conn: sqlite3.Connection, extra_appliers: dict, *, bulk: bool = False) -> None:
         self.db = conn
+        # A rebuild loads events in bulk: the derived tables (_DERIVE_SQL) are computed once at
+        # the end instead of one event at a time.
+        self.bulk = bulk
+        self._keysets: dict[str, int] = {}
+        self._keysets_version = 0
+        self._pending_rows: dict[str, list] = {}
         self.appliers = {
             "agent.register": self._agent_register,
             "agent.session.start": self._session_start,
@@ -604,6 +653,8 @@ class Projection:
         cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
         if cur.rowcount == 0:
             return False
+        if not self.bulk:
+            self._count("events", 1)
         etype = event["type"]
         fn = self.appliers.get(etype)
         if fn is None:  # unknown types stay in the log and are skipped here
@@ -616,6 +667,7 @@ class Projection:
                 fn(event, order_key(event)[0] if ns is None else ns)
             except Exception as exc:
                 self.db.execute("ROLLBACK TO apply_one")
+                self.version += 1
                 self.db.execute("INSERT OR REPLACE INTO bad_lines VALUES (?,?,?,?)",
                                 (f"event {event['event_id']}", 0, f"cannot apply {etype}: {type(exc).__name__}: {exc}",
                                  json.dumps(event, ensure_ascii=False)[:200]))
@@ -630,19 +682,58 @@ class Projection:
     def apply_all(self, events: list) -> list:
         """Apply events from the log or another clone; returns those that were new.
 
+        `events` holds events, or (event, ns) pairs when the caller parsed the instants.
         The fast path has no per-event savepoint; if an applier raises, the whole
         batch is rolled back and applied again with `guard`, so the event that
         cannot be taken is skipped and recorded and every other one is applied.
         """
+        pairs = events if not events or isinstance(events[0], tuple) else [(e, None) for e in events]
         self.db.execute("SAVEPOINT apply_all")
         try:
-            new = [e for e in events if self.apply(e)]
+            if self.bulk and self._all_new(pairs):
+                fns = self.appliers
+                for e, ns in pairs:
+                    fn = fns.get(e["type"])
+                    if fn is not None:
+                        fn(e, order_key(e)[0] if ns is None else ns)
+                self._flush_rows()
+                new = [e for e, _ in pairs]
+            else:
+                new = [e for e, ns in pairs if self.apply(e, ns)]
+                self._flush_rows()
         except Exception:
+            self._pending_rows.clear()
             self.db.execute("ROLLBACK TO apply_all")
-            new = [e for e in events if self.apply(e, guard=True)]
+            self.version += 1
+            new = [e for e, ns in pairs if self.apply(e, ns, guard=True)]
+            self._flush_rows()
         finally:
             self.db.execute("RELEASE apply_all")
         return new
+
+    def _all_new(self, pairs: list) -> bool:
+        """Record a bulk chunk's event ids in one statement; False (nothing recorded) if any was known."""
+        self.db.execute("SAVEPOINT ids")
+        added = self.db.executemany("INSERT OR IGNORE INTO applied(event_id) VALUES (?)",
+                                    [(e["event_id"],) for e, _ in pairs]).rowcount
+        if added == len(pairs) and len({e["event_id"] for e, _ in pairs}) == len(pairs):
+            self.db.execute("RELEASE ids")
+            return True
+        self.db.execute("ROLLBACK TO ids")
+        self.db.execute("RELEASE ids")
+        return False
+
+    def _rows(self, sql: str, rows: list) -> None:
+        """executemany, deferred to the end of the chunk in bulk mode (one call instead of one per event)."""
+        if self.bulk:
+            self._pending_rows.setdefault(sql, []).extend(rows)
+        else:
+            self.db.executemany(sql, rows)
+
+    def _flush_rows(self) -> None:
+        pending, self._pending_rows = self._pending_rows, {}
+        for sql, rows in pending.items():
+            self.db.executemany(sql, rows)
 
     # agents and sessions
 
@@ -751,26 +842,86 @@ class Projection:
         scopes = [s for s in e.get("scopes") or [] if isinstance(s, dict)]
         refs = [r for r in e.get("refs") or [] if isinstance(r, dict)]
         reply_to = next((r.get("value") for r in refs if r.get("type") == "reply_to"), "") or ""
-        addressed = any(r.get("type") == "mention" for r in refs) or any(s.get("type") == "group" for s in scopes)
+        keys = sorted({"@" + str(r.get("value", "")) for r in refs if r.get("type") == "mention"}
+                      | {"#" + str(s.get("value", "")) for s in scopes if s.get("type") == "group"}) or ["*"]
+        keyset = self._keyset(keys)
         structured = body.get("structured")
         if structured is not None and not isinstance(structured, str):
             structured = json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
+        author = e["agent_id"]
         cur = self.db.execute(
             "INSERT OR IGNORE INTO messages(message_id, thread_id, reply_to, agent_id, session_id, created_at,"
-            " created_ns, format, content, structured, priority, authored_by, disclosed, broadcast, client_id)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mid, e.get("thread_id") or "", reply_to, e["agent_id"], e.get("session_id") or "",
+            " created_ns, format, content, structured, priority, authored_by, disclosed, broadcast, client_id, keyset)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mid, e.get("thread_id") or "", reply_to, author, e.get("session_id") or "",
              e.get("timestamp", ""), ns, body.get("format") or "markdown", body.get("content") or "",
              structured, e.get("priority") or "normal", e.get("authored_by") or "", 1 if e.get("disclosed") else 0,
-             0 if addressed else 1, e.get("client_id") or ""))
+             1 if keys == ["*"] else 0, e.get("client_id") or "", keyset))
         if cur.rowcount == 0:
             return
         if scopes:
-            self.db.executemany("INSERT OR IGNORE INTO message_scopes VALUES (?,?,?)",
-                                [(mid, s.get("type", ""), s.get("value", "")) for s in scopes])
+            self._rows("INSERT OR IGNORE INTO message_scopes VALUES (?,?,?)",
+                       [(mid, s.get("type", ""), s.get("value", "")) for s in scopes])
         if refs:
-            self.db.executemany("INSERT OR IGNORE INTO message_refs VALUES (?,?,?)",
-                                [(mid, r.get("type", ""), r.get("value", "")) for r in refs])
+            self._rows("INSERT OR IGNORE INTO message_refs VALUES (?,?,?)",
+                       [(mid, r.get("type", ""), r.get("value", "")) for r in refs])
+        if self.bulk:
+            return
+        seq = cur.lastrowid
+        scope_keys = _scope_keys(self.db, mid)
+        self.db.executemany("INSERT OR IGNORE INTO message_audience VALUES (?,?,?,?)",
+                            [(k, ns, seq, author) for k in keys + scope_keys])
+        self._audience(keyset, author, 1)
+        self._count("messages", 1)
+        self._count("live_messages", 1)
+        for k in scope_keys:
+            self._scope_count(k, 1)
+        # Read markers can arrive before the message (another clone, a rebuild's file order).
+        readers = [r[0] for r in self.db.execute("SELECT agent_id FROM message_reads WHERE message_id=?", (mid,))]
+        for reader in readers:
+            self._reader(reader, keyset, reader == author, 1, scope_keys)
+
+    def _keyset(self, keys: list[str]) -> int:
+        text = "\n".join(keys)
+        if self.bulk:  # a rebuild meets the same few keysets a million times
+            if self._keysets_version != self.version:  # apply_all rolled back: the cache may lie
+                self._keysets.clear()
+                self._keysets_version = self.version
+            found = self._keysets.get(text)
+            if found is not None:
+                return found
+        # The id is a hash of the keys, so a live projection and a rebuild (which meet keysets in
+        # another order) agree; a collision of 56-bit hashes is not a practical concern.
+        keyset = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=7).digest(), "big")
+        if self.db.execute("INSERT OR IGNORE INTO keysets(keyset_id, keys) VALUES (?,?)", (keyset, text)).rowcount:
+            self.db.executemany("INSERT INTO keyset_keys VALUES (?,?)", [(k, keyset) for k in keys])
+        if self.bulk and len(self._keysets) < 10000:
+            self._keysets[text] = keyset
+        return keyset
+
+    # Counters: a row exists only while its count is not zero, as a rebuild's GROUP BY leaves them.
+
+    def _bump(self, table: str, names: tuple[str, ...], values: tuple, delta: int, keep_zero: bool = False) -> None:
+        cols = ", ".join(names)
+        self.db.execute(f"INSERT INTO {table}({cols}, n) VALUES ({', '.join('?' * (len(names) + 1))})"
+                        f" ON CONFLICT({cols}) DO UPDATE SET n = n + excluded.n", values + (delta,))
+        if delta < 0 and not keep_zero:
+            self.db.execute(f"DELETE FROM {table} WHERE {' AND '.join(c + ' = ?' for c in names)} AND n = 0",
+                            values)
+
+    def _count(self, name: str, delta: int) -> None:
+        self._bump("counters", ("name",), (name,), delta, keep_zero=True)  # a rebuild writes them all
+
+    def _audience(self, keyset: int, author: str, delta: int) -> None:
+        self._bump("audience_counts", ("keyset_id", "author"), (keyset, author), delta)
+
+    def _scope_count(self, key: str, delta: int) -> None:
+        self._bump("scope_counts", ("key",), (key,), delta)
+
+    def _reader(self, reader: str, keyset: int, own: bool, delta: int, scope_keys: list[str]) -> None:
+        self._bump("reader_counts", ("agent_id", "keyset_id", "own"), (reader, keyset, 1 if own else 0), delta)
+        for k in scope_keys:
+            self._bump("scope_reads", ("agent_id", "key"), (reader, k), delta)
 
     def _message_edit(self, e: dict, ns: int) -> None:
         mid = e.get("message_id")
@@ -793,14 +944,68 @@ class Projection:
              row["content"], content))
 
     def _message_delete(self, e: dict, ns: int) -> None:
-        self.db.execute("UPDATE messages SET deleted=1, deleted_at=?, delete_reason=? WHERE message_id=?"
-                        " AND deleted=0", (e.get("timestamp", ""), e.get("reason") or "", e.get("message_id")))
+        mid = e.get("message_id")
+        cur = self.db.execute("UPDATE messages SET deleted=1, deleted_at=?, delete_reason=? WHERE message_id=?"
+                              " AND deleted=0", (e.get("timestamp", ""), e.get("reason") or "", mid))
+        if cur.rowcount == 0 or self.bulk:
+            return
+        row = self.db.execute("SELECT rowid, created_ns, agent_id, keyset FROM messages WHERE message_id=?",
+                              (mid,)).fetchone()
+        seq, created_ns, author, keyset = row
+        keys = self.db.execute("SELECT keys FROM keysets WHERE keyset_id=?", (keyset,)).fetchone()[0].split("\n")
+        scope_keys = _scope_keys(self.db, mid)
+        self.db.executemany("DELETE FROM message_audience WHERE key=? AND created_ns=? AND seq=?",
+                            [(k, created_ns, seq) for k in keys + scope_keys])
+        self._audience(keyset, author, -1)
+        self._count("live_messages", -1)
+        for k in scope_keys:
+            self._scope_count(k, -1)
+        for (reader,) in self.db.execute("SELECT agent_id FROM message_reads WHERE message_id=?", (mid,)).fetchall():
+            self._reader(reader, keyset, reader == author, -1, scope_keys)
 
     def _message_read(self, e: dict, ns: int) -> None:
         agent_id, ids = e.get("agent_id"), e.get("message_ids")
-        if agent_id and isinstance(ids, list):
-            self.db.executemany("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)",
-                                [(agent_id, m, e.get("timestamp", "")) for m in ids if isinstance(m, str)])
+        if not agent_id or not isinstance(ids, list):
+            return
+        rows = [(agent_id, m, e.get("timestamp", "")) for m in dict.fromkeys(ids) if isinstance(m, str)]
+        if self.bulk:
+            self._rows("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)", rows)
+            return
+        for row in rows:
+            if self.db.execute("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)",
+                               row).rowcount == 0:
+                continue
+            m = self.db.execute("SELECT agent_id, keyset FROM messages WHERE message_id=? AND deleted=0",
+                                (row[1],)).fetchone()
+            if m is not None:  # a marker for a message not here yet is counted when the message arrives
+                self._reader(agent_id, m[1], m[0] == agent_id, 1, _scope_keys(self.db, row[1]))
+
+
+def _split_statements(sql: str) -> list[str]:
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+def _split_schema(sql: str) -> tuple[str, list[str]]:
+    """Tables now; indexes and triggers after a bulk load (building an index at once is faster,
+    and a trigger would fire per row)."""
+    now, later = [], []
+    for stmt in _split_statements(sql):
+        head = " ".join(stmt.split()[:3]).upper()
+        (later if head.startswith(("CREATE INDEX", "CREATE UNIQUE INDEX", "CREATE TRIGGER")) else now).append(stmt)
+    return "\n".join(s if s.endswith(";") else s + ";" for s in now), later
+
+
+def _scope_keys(db: sqlite3.Connection, mid: str) -> list[str]:
+    return ["~" + t + ":" + v for t, v in db.execute(
+        "SELECT type, value FROM message_scopes WHERE message_id=? AND type != 'group'", (mid,))]
 
 
 # -- the store ------------------------------------------------------------------
@@ -822,15 +1027,19 @@ class Store:
         self._flushed: dict = {}  # log files the durable, not yet committed batch wrote to
         self._extra_schema: list[str] = []
         self._extra_appliers: dict = {}
+        self._extra_derive: list[str] = []
 
-    def extend(self, schema_sql: str, appliers: dict) -> None:
+    def extend(self, schema_sql: str, appliers: dict, derive_sql: str = "") -> None:
         """Add the tables and event appliers of another component (call before `open`).
 
         An applier is called as fn(event, ns); it writes through `store.projection.db`,
-        which is the database being built during a rebuild too.
+        which is the database being built during a rebuild too. A rebuild creates the
+        component's indexes and triggers only after loading every event, then runs
+        `derive_sql` to fill what its triggers would have maintained.
         """
         self._extra_schema.append(schema_sql)
         self._extra_appliers.update(appliers)
+        self._extra_derive.append(derive_sql)
 
     def _schema_sql(self) -> str:
         return _SCHEMA + "".join(self._extra_schema)
@@ -911,7 +1120,13 @@ class Store:
         self.log.close()
 
     def rebuild(self, progress=None) -> int:
-        """Project the whole log into a fresh database, then swap it in. Returns the event count."""
+        """Project the whole log into a fresh database, then swap it in. Returns the event count.
+
+        Memory stays flat whatever the log's size: each file is read in chunks and applied in
+        file order (every append follows what it depends on in the same file, and the appliers
+        do not depend on the order across files: a read marker may arrive before its message).
+        Indexes, triggers and the derived tables are built once, after the load.
+        """
         if self.db is not None:
             self.db.close()
             self.db = None
@@ -919,35 +1134,50 @@ class Store:
         for suffix in ("", "-wal", "-shm"):
             _remove(tmp + suffix)
         conn = connect(tmp)
-        conn.execute("PRAGMA synchronous=OFF")  # a crash here just means rebuilding again
-        conn.executescript(self._schema_sql())
+        # A crash here just means rebuilding again: no journal, no syncs, a larger page cache.
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-16384")
+        tables, later = _split_schema(self._schema_sql())
+        conn.executescript(tables)
         conn.execute("INSERT INTO meta VALUES ('schema_hash', ?)", (self._schema_hash(),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        proj = Projection(conn, self._extra_appliers)
+        proj = Projection(conn, self._extra_appliers, bulk=True)
         self.projection = proj  # extra appliers reach the database being built through store.projection.db
-        events: list[tuple[tuple[int, str], dict]] = []
-        ends: dict[str, tuple[int, bytes]] = {}
         files = self.log.files()
+        total_bytes = sum(self.log.size(rel) for rel in files) or 1
+        done_bytes = 0
+        total = 0
         conn.execute("BEGIN")
-        for i, rel in enumerate(files):
-            lines, end = self.log.read_from(rel, 0)
-            for line, line_end in lines:
-                event = self._parse(conn, rel, line, line_end)
-                if event is not None:
-                    events.append((order_key(event), event))
-            ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n" if lines else b"")
+        for rel in files:
+            offset = 0
+            while True:
+                lines, end = self.log.read_from(rel, offset, limit=_REBUILD_CHUNK)
+                if not lines:
+                    break
+                batch = []
+                for line, line_end in lines:
+                    event = self._parse(conn, rel, line, line_end)
+                    if event is not None:
+                        try:
+                            ns = parse_timestamp_ns(event.get("timestamp", ""))
+                        except EventError:
+                            ns = 0
+                        batch.append((event, ns))
+                total += len(proj.apply_all(batch))
+                conn.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)",
+                             (rel, end, (lines[-1][0] + b"\n")[-_TAIL:]))
+                done_bytes += end - offset
+                offset = end
+                if progress:
+                    progress("reading the log (KiB)", -(-done_bytes // 1024), -(-total_bytes // 1024))
+        steps = later + _split_statements(_DERIVE_SQL + "".join(self._extra_derive))
+        for i, sql in enumerate(steps):
+            conn.execute(sql)
             if progress:
-                progress("reading", i + 1, len(files))
-        events.sort(key=lambda item: item[0])
-        total = len(events)
-        for start in range(0, total, 2000):
-            proj.apply_all([event for _, event in events[start:start + 2000]])
-            if progress:
-                progress("applying", min(total, start + 2000), total)
-        for rel, (end, tail) in ends.items():
-            conn.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
+                progress("indexing", i + 1, len(steps))
         conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
         for suffix in ("-wal", "-shm"):
             _remove(self.db_path + suffix)
