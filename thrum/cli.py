@@ -665,10 +665,29 @@ def _setup_version(c: Commands) -> None:
 def cmd_version(ctx: Ctx) -> int:
     import platform
 
+    from thrum import DISTRIBUTION, ORIGINAL_PROJECT_URL
+
+    # repo_url is this program's own source, which only the installed metadata can name; it is null
+    # rather than borrowed from the Go project, which is reported as what it is.
     data = {"version": __version__, "build": "python", "python_version": platform.python_version(),
-            "repo_url": "https://github.com/leonletto/thrum"}
+            "distribution": DISTRIBUTION, "repo_url": _own_project_url(DISTRIBUTION),
+            "original_project_url": ORIGINAL_PROJECT_URL}
     ctx.emit(data, [f"thrum v{__version__} (python {data['python_version']})"])
     return 0
+
+
+def _own_project_url(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata(distribution)
+    except metadata.PackageNotFoundError:  # a checkout or a zipapp: no metadata, no claim
+        return None
+    for entry in meta.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("source", "repository", "homepage") and url.strip():
+            return url.strip()
+    return meta.get("Home-page") or None
 
 
 @command("config")
