@@ -1,8 +1,10 @@
 """Small fixes from review: strict params, CLI body sources and filters, the module import graph."""
 
 import ast
+import subprocess
+import sys
 
-from conftest import ROOT
+from conftest import FACTOR, ROOT
 from helpers import RawConn
 
 
@@ -53,3 +55,20 @@ def test_module_imports_have_no_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+_WITHOUT_WEBSOCKETS = """
+import sys
+sys.modules["websockets"] = None  # this interpreter "lacks" websockets: importing it raises ImportError
+sys.path.insert(0, sys.argv[1])
+import bench
+sys.exit(bench.main(["--quick", "--only", "ws_notify", "--tmpdir", sys.argv[2]]))
+"""
+
+
+def test_bench_fails_loudly_without_websockets(env, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_WEBSOCKETS, str(ROOT / "bench"), str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120 * FACTOR)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "not available" not in proc.stdout + proc.stderr
+    assert "ws_notify" in proc.stderr and "pip install 'websockets" in proc.stderr
