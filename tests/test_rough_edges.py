@@ -72,3 +72,59 @@ def test_bench_fails_loudly_without_websockets(env, tmp_path):
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "not available" not in proc.stdout + proc.stderr
     assert "ws_notify" in proc.stderr and "pip install 'websockets" in proc.stderr
+
+
+def test_send_body_from_a_file_or_stdin(agents, tmp_path):
+    t = agents
+    awkward = "line one\n  `quoted` $HOME \"double\" 'single' -- --to @nobody\n\u00e9t\u00e9 \u2713\n"
+    body = tmp_path / "body.md"
+    body.write_text(awkward)
+    sent = t.json("send", "--body-file", body, "--to", "@bob", name="alice")
+    got = t.json("message", "get", sent["message_id"], name="bob")["message"]
+    assert got["body"]["content"] == awkward
+    for args in (["--stdin"], ["--body-file", "-"]):
+        sent = t.json("send", *args, "--to", "@bob", name="alice", input="from stdin " + args[0])
+        assert t.json("message", "get", sent["message_id"], name="bob")["message"]["body"]["content"] == (
+            "from stdin " + args[0])
+
+    def refused(*args, input=None):
+        proc = t.run("send", *args, "--to", "@bob", name="alice", check=False, input=input)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        return proc.stderr
+
+    before = t.json("inbox", "--all", "--peek", "--page-size", "100", name="bob")["messages"]
+    assert "not both" in refused("text", "--body-file", body)
+    assert "not allowed with" in refused("--stdin", "--body-file", body, input="x")
+    assert "cannot read" in refused("--body-file", tmp_path / "missing.md")
+    assert "cannot read" in refused("--body-file", tmp_path)  # a directory
+    (tmp_path / "empty.md").write_text("  \n")
+    assert "empty" in refused("--body-file", tmp_path / "empty.md")
+    assert "empty" in refused("--stdin", input="")
+    (tmp_path / "big.md").write_text("x" * (32 * 1024 + 1))
+    assert "larger than 32768 bytes" in refused("--body-file", tmp_path / "big.md")
+    (tmp_path / "latin1.md").write_bytes(b"caf\xe9\n")
+    assert "not UTF-8" in refused("--body-file", tmp_path / "latin1.md")
+    assert "a message is required" in refused()
+    assert t.json("inbox", "--all", "--peek", "--page-size", "100", name="bob")["messages"] == before  # nothing sent
+
+
+def test_cli_body_limit_is_the_daemons():
+    from thrum import cli, service
+
+    assert cli.MAX_BODY_BYTES == service.MAX_CONTENT_BYTES
+
+
+def test_inbox_from(agents):
+    t = agents
+    t.quickstart("carol", "tester", "qa")
+    t.run("send", "from alice", "--to", "@bob", name="alice")
+    t.run("send", "from carol", "--to", "@bob", name="carol")
+    inbox = t.json("inbox", "--from", "@carol", "--peek", name="bob")
+    assert [m["body"]["content"] for m in inbox["messages"]] == ["from carol"]
+    assert [m["body"]["content"] for m in t.json("inbox", "--from", "alice", name="bob")["messages"]] == [
+        "from alice"]
+    # Only the shown message was marked read: carol's is still unread.
+    unread = t.json("inbox", "--unread", "--peek", name="bob")["messages"]
+    assert [m["body"]["content"] for m in unread] == ["from carol"]
+    assert "No messages from @nobody for @bob." in t.run("inbox", "--from", "@nobody", name="bob").stdout
+    assert t.run("inbox", "--from", "@", name="bob", check=False).returncode == 2

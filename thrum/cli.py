@@ -1111,7 +1111,12 @@ def cmd_session_set_task(ctx: Ctx) -> int:
 @command("send")
 def _setup_send(c: Commands) -> None:
     p = c.add(c.sub, "send", "Send a message (to @name, @role, @group or @everyone)", cmd_send)
-    p.add_argument("message", metavar="MESSAGE", help="the message text ('-' reads it from stdin)")
+    p.add_argument("message", metavar="MESSAGE", nargs="?",
+                   help="the message text ('-' reads it from stdin); or use --body-file / --stdin")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--body-file", metavar="FILE",
+                      help="read the message text from FILE (UTF-8, at most 32 KiB; '-' is stdin)")
+    body.add_argument("--stdin", action="store_true", help="read the message text from stdin")
     p.add_argument("--to", action="append", help="recipient: @name, @role, @group or @everyone (repeatable)")
     p.add_argument("--mention", action="append", help="also mention @name or @role (repeatable)")
     p.add_argument("--scope", action="append", help="scope type:value (repeatable, comma-separated)")
@@ -1129,6 +1134,38 @@ def _read_text(text: str) -> str:
     return sys.stdin.read() if text == "-" else text
 
 
+# The daemon's limit (service.MAX_CONTENT_BYTES), checked here so a big file fails before it is sent.
+MAX_BODY_BYTES = 32 * 1024
+
+
+def _message_body(args) -> str:
+    """The text of `send`: the MESSAGE argument, or --body-file FILE, or --stdin (never two of them)."""
+    source = "--stdin" if args.stdin else f"--body-file {args.body_file}" if args.body_file is not None else None
+    if source is None:
+        if args.message is None:
+            raise UsageError("a message is required: give MESSAGE, --body-file FILE or --stdin")
+        return _read_text(args.message)
+    if args.message is not None:
+        raise UsageError(f"give the message either as MESSAGE or with {source}, not both")
+    try:
+        if args.stdin or args.body_file == "-":
+            data = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
+        else:
+            with open(args.body_file, "rb") as f:
+                data = f.read(MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.body_file}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BODY_BYTES:
+        raise UsageError(f"the message from {source} is larger than {MAX_BODY_BYTES} bytes, the most a message holds")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"the message from {source} is not UTF-8 text") from None
+    if not text.strip():
+        raise UsageError(f"the message from {source} is empty")
+    return text
+
+
 def cmd_send(ctx: Ctx) -> int:
     args = ctx.args
     ident = ctx.identity()
@@ -1137,7 +1174,7 @@ def cmd_send(ctx: Ctx) -> int:
     mentions = [m if m.startswith("@") else "@" + m for m in split_list(args.to)] + split_list(args.mention)
     if args.broadcast:
         mentions.append("@everyone")
-    params = ctx.caller({"content": _read_text(args.message), "format": args.format, "priority": args.priority,
+    params = ctx.caller({"content": _message_body(args), "format": args.format, "priority": args.priority,
                          "client_id": _client_id()}, ident)
     if mentions:
         params["mentions"] = mentions
@@ -1241,6 +1278,7 @@ def _setup_inbox(c: Commands) -> None:
     p.add_argument("--mentions", action="store_true", help="only messages that mention you or your role")
     p.add_argument("--unread", action="store_true", help="only unread messages")
     p.add_argument("-a", "--all", action="store_true", help="every message, not only those for you")
+    p.add_argument("--from", dest="from_agent", metavar="@NAME", help="only messages written by this agent or user")
     p.add_argument("--page-size", type=int, default=10, help="messages per page (1-100)")
     p.add_argument("--page", type=int, default=1)
     p.add_argument("--no-mark-read", "--peek", dest="no_mark_read", action="store_true",
@@ -1264,6 +1302,11 @@ def cmd_inbox(ctx: Ctx) -> int:
         params["mentions"] = True
     if args.unread:
         params["unread"] = True
+    if args.from_agent is not None:
+        author = args.from_agent.removeprefix("@")
+        if not author:
+            raise UsageError("--from needs a name, e.g. --from @alice")
+        params["author_id"] = author
     result = ctx.call("message.list", params)
     shown_unread = [m["message_id"] for m in result["messages"] if not m.get("is_read")]
     if shown_unread and not args.no_mark_read:
@@ -1281,6 +1324,9 @@ def _render_inbox(ctx: Ctx, result: dict, ident, scopes: list) -> None:
         if not msgs:
             if scopes:
                 return [f"No messages matching filter --scope {scopes[0]['type']}:{scopes[0]['value']}"]
+            if ctx.args.from_agent:
+                return [f"No messages from @{ctx.args.from_agent.removeprefix('@')}"
+                        + ("." if ctx.args.all else f" for @{ident.name}.")]
             return [f"No messages for @{ident.name}."] if not ctx.args.all else ["No messages in inbox."]
         width = max(40, min(120, _terminal_columns() - 2))
         ordered = _cluster_replies(msgs)
