@@ -657,6 +657,95 @@ def cmd_migrate(ctx: Ctx) -> int:
     return 0
 
 
+@command("backup")
+def _setup_backup(c: Commands) -> None:
+    p = c.add(c.sub, "backup", "Back up the log, identities, context notes and config into one archive "
+              "(or: backup verify FILE, backup restore FILE)", cmd_backup)
+    p.add_argument("--to", metavar="DIR", help="where to write the archive (default: .thrum/backups/)")
+    p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N archives of this repository there")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    v = c.add(sub, "verify", "Check an archive completely (structure, manifest, checksums)", cmd_backup_verify)
+    v.add_argument("file", metavar="FILE")
+    r = c.add(sub, "restore", "Restore an archive into this repository (daemon stopped), then rebuild",
+              cmd_backup_restore)
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--force", action="store_true",
+                   help="restore even over existing thrum data (it is saved as a backup first)")
+
+
+def _backup_progress(ctx: Ctx):
+    from thrum.backup import terminal_progress
+
+    return terminal_progress() if (tty() and not ctx.json) else None
+
+
+def _backup_error(exc) -> CliError:
+    return CliError(str(exc), exc.hint, data={"kind": exc.kind})
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n / 1024:.1f} KiB"
+
+
+def cmd_backup(ctx: Ctx) -> int:
+    from thrum import backup
+
+    if ctx.args.keep is not None and ctx.args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    try:
+        result = backup.create(ctx.paths, dest=ctx.args.to, keep=ctx.args.keep, progress=_backup_progress(ctx))
+    except backup.BackupError as exc:
+        raise _backup_error(exc) from None
+
+    def human(r):
+        lines = [f"✓ Backup written: {r['archive']} ({_mib(r['bytes'])})",
+                 f"  Log: {r['events']} events in {r['log_files']} files; identities: {r['identities']}; "
+                 f"context notes: {r['context_notes']}; config: {'yes' if r['config'] else 'no'}"]
+        lines += [f"  Pruned: {path}" for path in r["pruned"]]
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_backup_verify(ctx: Ctx) -> int:
+    from thrum import backup
+
+    try:
+        result = backup.verify(ctx.args.file, progress=_backup_progress(ctx))
+    except backup.BackupError as exc:
+        raise _backup_error(exc) from None
+    ctx.emit(result, [f"✓ {result['archive']} is a complete thrum backup",
+                      f"  Made {result['created_at']} by thrum {result['thrum_version']} in {result['repo_id']}: "
+                      f"{result['events']} events, {result['identities']} identities, "
+                      f"{result['context_notes']} context notes ({result['files']} files, "
+                      f"{_mib(result['data_bytes'])})"])
+    return 0
+
+
+def cmd_backup_restore(ctx: Ctx) -> int:
+    from thrum import backup
+
+    try:
+        result = backup.restore(ctx.args.file, ctx.args.repo or os.getcwd(), force=ctx.args.force,
+                                progress=_backup_progress(ctx))
+    except backup.BackupError as exc:
+        raise _backup_error(exc) from None
+
+    def human(r):
+        lines = [f"✓ Restored {r['archive']} into {r['repository']}"]
+        if r["saved_backup"]:
+            lines.append(f"  The state before the restore is saved in: {r['saved_backup']}")
+        lines.append(f"  Log: {r['events_added']} events added ({r['events_present']} already present)")
+        if r["files_written"]:
+            lines.append(f"  Files: {', '.join(r['files_written'])}")
+        b = r["rebuilt"]
+        lines.append(f"  Database rebuilt: {b['events']} events, {b['messages']} messages, {b['agents']} agents")
+        lines.append("Next: thrum daemon start")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
 @command("version")
 def _setup_version(c: Commands) -> None:
     c.add(c.sub, "version", "Show the thrum version", cmd_version)
