@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from conftest import Thrum, git, make_repo
-from helpers import table_rows
+from helpers import assert_log_clean, table_rows
 
 # Projection tables that carry what the issue promises back: messages, agents, groups, read markers, receipts.
 TABLES = ("messages", "agents", "groups", "group_members", "message_reads", "message_deliveries", "sessions")
@@ -231,6 +231,11 @@ def test_restore_adds_what_the_log_lacks_and_commits_it(daemon, tmp_path):
     assert git(t.repo, "show", "a-sync:messages/bob.jsonl", env=t.env).encode() + b"\n" == content
     t.start()
     assert t.json("inbox", "--all", "--peek", name="alice")["messages"]  # served after the restore
+    # The sync loop takes the moved branch in its stride: a round commits on top of the restore.
+    t.json("send", "after the restore", "--to", "@bob", name="alice")
+    t.run("sync", "force")
+    assert git(t.repo, "rev-parse", "a-sync~1", env=t.env) == result["commit"]
+    assert_log_clean(t)
 
 
 def test_keep_prunes_older_archives_of_this_repository_only(daemon, tmp_path):
@@ -252,3 +257,18 @@ def test_keep_prunes_older_archives_of_this_repository_only(daemon, tmp_path):
     assert os.path.dirname(default) == str(t.repo / ".thrum" / "backups")
     assert git(t.repo, "status", "--porcelain", "--ignored=no", env=t.env) in ("", "?? .gitignore")
     assert not any("backup" in p for p in _tree(t.sync_dir))
+
+
+def test_progress_shows_only_for_long_runs():
+    from thrum.backup import terminal_progress
+
+    quick = io.StringIO()
+    p = terminal_progress(quick, delay=60)
+    for done in range(0, 101, 10):
+        p("check bytes", done << 20, 100 << 20)
+    assert quick.getvalue() == ""  # a short run prints nothing
+    slow = io.StringIO()
+    p = terminal_progress(slow, delay=0, every=0)
+    p("check bytes", 50 << 20, 100 << 20)
+    p("applying", 10, 10)
+    assert "check: 50.0/100.0 MiB" in slow.getvalue() and slow.getvalue().endswith("applying: 10/10" + " " * 10 + "\n")
