@@ -128,3 +128,16 @@ def test_inbox_from(agents):
     assert [m["body"]["content"] for m in unread] == ["from carol"]
     assert "No messages from @nobody for @bob." in t.run("inbox", "--from", "@nobody", name="bob").stdout
     assert t.run("inbox", "--from", "@", name="bob", check=False).returncode == 2
+
+
+def test_every_command_has_help_and_a_readme_mention():
+    import re
+
+    from thrum import cli
+
+    readme = (ROOT / "README.md").read_text()
+    for name in cli.COMMAND_TABLE:
+        parser = cli.build_parser(name)
+        sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+        assert (sub.choices[name].description or "").strip(), f"thrum {name} has no help text"
+        assert re.search(r"`(thrum )?" + re.escape(name) + r"\b", readme), f"README never mentions `{name}`"
