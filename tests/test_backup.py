@@ -157,6 +157,8 @@ def test_damaged_or_foreign_archives_change_nothing(daemon, other, tmp_path):
     not_gzip.write_text("hello\n")
     foreign = tmp_path / "project.tar.gz"
     _tar_gz(foreign, {"src/main.c": b"int main;\n", "README": b"x\n"})
+    gzipped_text = tmp_path / "notes.txt.gz"
+    gzipped_text.write_bytes(gzip.compress(b"just some notes\n" * 100))
     no_manifest = tmp_path / "no-manifest.tar.gz"
     _tar_gz(no_manifest, {"log/events.jsonl": b""})
     wrong_manifest = tmp_path / "other-format.tar.gz"
@@ -165,7 +167,8 @@ def test_damaged_or_foreign_archives_change_nothing(daemon, other, tmp_path):
     _tar_gz(traversal, {"../../escaped.txt": b"gotcha\n", "manifest.json": b"{}"})
     link = tmp_path / "link.tar.gz"
     _tar_gz(link, {"config.json": b"/etc/passwd"}, {"config.json": "symlink"})
-    cases = [(damaged, "damaged"), (not_gzip, "foreign"), (foreign, "foreign"), (no_manifest, "damaged"),
+    cases = [(damaged, "damaged"), (not_gzip, "foreign"), (foreign, "foreign"), (gzipped_text, "foreign"),
+             (no_manifest, "damaged"),
              (wrong_manifest, "foreign"), (traversal, "unsafe"), (link, "unsafe")]
 
     other_before = _state(other)  # not initialized: a refused restore must not even set thrum up

@@ -177,11 +177,12 @@ class _HashingReader:
 def _archive_name(repo_id: str, kind: str, directory: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     suffix = "-pre-restore" if kind == "pre-restore" else ""
-    for n in range(1, 1000):
-        name = f"thrum-backup-{repo_id}-{stamp}{'' if n == 1 else f'-{n}'}{suffix}.tar.gz"
-        if not os.path.exists(os.path.join(directory, name)):
-            return name
-    raise BackupError(f"too many backups named thrum-backup-{repo_id}-{stamp}* in {directory}")
+    # Several in one second get -2, -3, ...: always above the highest taken, even one pruned
+    # meanwhile, so names sort in the order the archives were made.
+    taken = re.compile(rf"^thrum-backup-{re.escape(repo_id)}-{stamp}(?:-(\d+))?{suffix}\.tar\.gz$")
+    seqs = [int(m.group(1) or 1) for m in map(taken.match, os.listdir(directory)) if m]
+    n = max(seqs, default=0) + 1
+    return f"thrum-backup-{repo_id}-{stamp}{'' if n == 1 else f'-{n}'}{suffix}.tar.gz"
 
 
 def _repo_id(paths) -> str:
@@ -355,6 +356,10 @@ def _read(archive: str, sink=None, progress=None) -> dict:
         except BackupError:
             raise
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            if isinstance(exc, tarfile.ReadError) and not seen and manifest_bytes is None and _gzip_is_whole(raw):
+                raise BackupError(f"{archive} is not a thrum backup (a gzip file, but not a tar archive)",
+                                  "thrum backups are the .tar.gz files 'thrum backup' writes",
+                                  kind="foreign") from None
             raise BackupError(f"{archive} is damaged: {exc}", "Use another backup", kind="damaged") from None
         except OSError as exc:
             raise BackupError(f"cannot read {archive}: {exc.strerror or exc}") from None
@@ -376,6 +381,18 @@ def _read(archive: str, sink=None, progress=None) -> dict:
         raise BackupError(f"{archive} is damaged: {len(missing)} file(s) of its manifest are missing "
                           f"(first: {missing[0]})", "Use another backup", kind="damaged")
     return manifest
+
+
+def _gzip_is_whole(raw) -> bool:
+    """True when the gzip stream itself is intact (so what it holds is simply not a tar archive)."""
+    try:
+        raw.seek(0)
+        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            while gz.read(CHUNK):
+                pass
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False
 
 
 def _check_member(archive: str, member: tarfile.TarInfo) -> str:
@@ -440,7 +457,25 @@ class _FileSink:
     def __call__(self, name: str):
         path = os.path.join(self.root, *name.split("/"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, "xb")
+        return _TempWriter(open(path, "xb"), self.root)
+
+
+class _TempWriter:
+    """A member being unpacked; a full temp filesystem is reported as such, not as an unreadable archive."""
+
+    def __init__(self, f, root: str) -> None:
+        self.f, self.root = f, root
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.f.write(data)
+        except OSError as exc:
+            self.f.close()
+            raise BackupError(f"cannot unpack the archive into {self.root}: {exc.strerror or exc}",
+                              "Free some space there, or point TMPDIR at a larger filesystem") from None
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def _event_id_of(line: bytes) -> str | None:
