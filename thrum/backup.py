@@ -515,8 +515,7 @@ def _log_files(root: str) -> list[str]:
 
 
 def _prepare(repo: str):
-    """The repository's paths and sync worktree, initializing thrum there first when needed."""
-    from thrum import sync
+    """The repository's thrum paths, initializing thrum there first when needed."""
     from thrum.paths import NotInitialized, resolve
 
     try:
@@ -529,6 +528,13 @@ def _prepare(repo: str):
         except InitError as exc:
             raise BackupError(str(exc), exc.hint) from None
         paths = resolve(repo)
+    return paths
+
+
+def _sync_ready(paths):
+    """The sync branch and worktree, repaired if needed (under the daemon's lock, as at daemon start)."""
+    from thrum import sync
+
     try:
         info = sync.repo_info(paths.main_repo)
         sync.ensure_sync_branch(info.toplevel)
@@ -540,7 +546,7 @@ def _prepare(repo: str):
 
         union_import(moved, info.sync_dir)
         shutil.rmtree(moved, ignore_errors=True)
-    return paths, info
+    return info
 
 
 def _take_daemon_lock(paths) -> int:
@@ -591,9 +597,10 @@ def restore(archive: str, repo: str, *, force: bool = False, progress=None) -> d
         # 1. The whole archive is checked (and unpacked aside) before anything in the repository changes.
         manifest = _read(archive, sink=_FileSink(tmp), progress=progress)
         extracted_log = os.path.join(tmp, "log")
-        paths, info = _prepare(repo)
+        paths = _prepare(repo)
         lock_fd = _take_daemon_lock(paths.for_daemon())
         try:
+            info = _sync_ready(paths)
             store = make_store(paths.for_daemon(), info.sync_dir)
             store.log.recover()  # a crashed daemon's journal first, as migrate does
             store.log.repair_torn_tails()
