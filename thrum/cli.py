@@ -736,8 +736,12 @@ def cmd_backup_restore(ctx: Ctx) -> int:
         if r["saved_backup"]:
             lines.append(f"  The state before the restore is saved in: {r['saved_backup']}")
         lines.append(f"  Log: {r['events_added']} events added ({r['events_present']} already present)")
-        if r["files_written"]:
-            lines.append(f"  Files: {', '.join(r['files_written'])}")
+        written = r["files_written"]
+        if written:
+            counts = [f"{sum(1 for f in written if f'/{d}/' in f)} {what}"
+                      for d, what in (("identities", "identities"), ("context", "context notes"))]
+            lines.append(f"  Written: {', '.join(counts)}" + (", config.json" if any(
+                f.endswith("config.json") for f in written) else ""))
         b = r["rebuilt"]
         lines.append(f"  Database rebuilt: {b['events']} events, {b['messages']} messages, {b['agents']} agents")
         lines.append("Next: thrum daemon start")
