@@ -94,3 +94,22 @@ def test_version_is_consistent(env):
     proc = subprocess.run([sys.executable, "-m", "thrum", "--version"], env=env, capture_output=True, text=True,
                           timeout=60 * FACTOR)
     assert proc.stdout.strip() == f"thrum {__version__}"
+
+
+@pytest.mark.skipif(not os.path.exists(ROOT / "pyproject.toml"), reason="needs the source tree")
+def test_distribution_name_is_ours_and_the_command_is_thrum(env):
+    import tomllib
+
+    from thrum import DISTRIBUTION, ORIGINAL_PROJECT_URL
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # "thrum" on PyPI is somebody else's project: installing it by that name would run their code.
+    assert project["name"] == DISTRIBUTION == "thrum-agents"
+    assert project["scripts"] == {"thrum": "thrum.__main__:main"}
+    readme = (ROOT / "README.md").read_text()
+    assert "pipx install thrum-agents" in readme and "pipx install ." in readme
+    version = json.loads(subprocess.run([sys.executable, "-m", "thrum", "version", "--json"], env=env,
+                                        capture_output=True, text=True, timeout=60 * FACTOR).stdout)
+    assert version["distribution"] == "thrum-agents"
+    # Never the Go project's address as this program's own.
+    assert version["repo_url"] != ORIGINAL_PROJECT_URL and version["original_project_url"] == ORIGINAL_PROJECT_URL

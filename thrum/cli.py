@@ -657,6 +657,99 @@ def cmd_migrate(ctx: Ctx) -> int:
     return 0
 
 
+@command("backup")
+def _setup_backup(c: Commands) -> None:
+    p = c.add(c.sub, "backup", "Back up the log, identities, context notes and config into one archive "
+              "(or: backup verify FILE, backup restore FILE)", cmd_backup)
+    p.add_argument("--to", metavar="DIR", help="where to write the archive (default: .thrum/backups/)")
+    p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N archives of this repository there")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    v = c.add(sub, "verify", "Check an archive completely (structure, manifest, checksums)", cmd_backup_verify)
+    v.add_argument("file", metavar="FILE")
+    r = c.add(sub, "restore", "Restore an archive into this repository (daemon stopped), then rebuild",
+              cmd_backup_restore)
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--force", action="store_true",
+                   help="restore even over existing thrum data (it is saved as a backup first)")
+
+
+def _backup_progress(ctx: Ctx):
+    from thrum.backup import terminal_progress
+
+    return terminal_progress() if (tty() and not ctx.json) else None
+
+
+def _backup_error(exc) -> CliError:
+    return CliError(str(exc), exc.hint, data={"kind": exc.kind})
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n / 1024:.1f} KiB"
+
+
+def cmd_backup(ctx: Ctx) -> int:
+    from thrum import backup
+
+    if ctx.args.keep is not None and ctx.args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    try:
+        result = backup.create(ctx.paths, dest=ctx.args.to, keep=ctx.args.keep, progress=_backup_progress(ctx))
+    except backup.BackupError as exc:
+        raise _backup_error(exc) from None
+
+    def human(r):
+        lines = [f"✓ Backup written: {r['archive']} ({_mib(r['bytes'])})",
+                 f"  Log: {r['events']} events in {r['log_files']} files; identities: {r['identities']}; "
+                 f"context notes: {r['context_notes']}; config: {'yes' if r['config'] else 'no'}"]
+        lines += [f"  Pruned: {path}" for path in r["pruned"]]
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
+def cmd_backup_verify(ctx: Ctx) -> int:
+    from thrum import backup
+
+    try:
+        result = backup.verify(ctx.args.file, progress=_backup_progress(ctx))
+    except backup.BackupError as exc:
+        raise _backup_error(exc) from None
+    ctx.emit(result, [f"✓ {result['archive']} is a complete thrum backup",
+                      f"  Made {result['created_at']} by thrum {result['thrum_version']} in {result['repo_id']}: "
+                      f"{result['events']} events, {result['identities']} identities, "
+                      f"{result['context_notes']} context notes ({result['files']} files, "
+                      f"{_mib(result['data_bytes'])})"])
+    return 0
+
+
+def cmd_backup_restore(ctx: Ctx) -> int:
+    from thrum import backup
+
+    try:
+        result = backup.restore(ctx.args.file, ctx.args.repo or os.getcwd(), force=ctx.args.force,
+                                progress=_backup_progress(ctx))
+    except backup.BackupError as exc:
+        raise _backup_error(exc) from None
+
+    def human(r):
+        lines = [f"✓ Restored {r['archive']} into {r['repository']}"]
+        if r["saved_backup"]:
+            lines.append(f"  The state before the restore is saved in: {r['saved_backup']}")
+        lines.append(f"  Log: {r['events_added']} events added ({r['events_present']} already present)")
+        written = r["files_written"]
+        if written:
+            counts = [f"{sum(1 for f in written if f'/{d}/' in f)} {what}"
+                      for d, what in (("identities", "identities"), ("context", "context notes"))]
+            lines.append(f"  Written: {', '.join(counts)}" + (", config.json" if any(
+                f.endswith("config.json") for f in written) else ""))
+        b = r["rebuilt"]
+        lines.append(f"  Database rebuilt: {b['events']} events, {b['messages']} messages, {b['agents']} agents")
+        lines.append("Next: thrum daemon start")
+        return lines
+    ctx.emit(result, human)
+    return 0
+
+
 @command("version")
 def _setup_version(c: Commands) -> None:
     c.add(c.sub, "version", "Show the thrum version", cmd_version)
@@ -665,10 +758,29 @@ def _setup_version(c: Commands) -> None:
 def cmd_version(ctx: Ctx) -> int:
     import platform
 
+    from thrum import DISTRIBUTION, ORIGINAL_PROJECT_URL
+
+    # repo_url is this program's own source, which only the installed metadata can name; it is null
+    # rather than borrowed from the Go project, which is reported as what it is.
     data = {"version": __version__, "build": "python", "python_version": platform.python_version(),
-            "repo_url": "https://github.com/leonletto/thrum"}
+            "distribution": DISTRIBUTION, "repo_url": _own_project_url(DISTRIBUTION),
+            "original_project_url": ORIGINAL_PROJECT_URL}
     ctx.emit(data, [f"thrum v{__version__} (python {data['python_version']})"])
     return 0
+
+
+def _own_project_url(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata(distribution)
+    except metadata.PackageNotFoundError:  # a checkout or a zipapp: no metadata, no claim
+        return None
+    for entry in meta.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("source", "repository", "homepage") and url.strip():
+            return url.strip()
+    return meta.get("Home-page") or None
 
 
 @command("config")
@@ -1092,7 +1204,12 @@ def cmd_session_set_task(ctx: Ctx) -> int:
 @command("send")
 def _setup_send(c: Commands) -> None:
     p = c.add(c.sub, "send", "Send a message (to @name, @role, @group or @everyone)", cmd_send)
-    p.add_argument("message", metavar="MESSAGE", help="the message text ('-' reads it from stdin)")
+    p.add_argument("message", metavar="MESSAGE", nargs="?",
+                   help="the message text ('-' reads it from stdin); or use --body-file / --stdin")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--body-file", metavar="FILE",
+                      help="read the message text from FILE (UTF-8, at most 32 KiB; '-' is stdin)")
+    body.add_argument("--stdin", action="store_true", help="read the message text from stdin")
     p.add_argument("--to", action="append", help="recipient: @name, @role, @group or @everyone (repeatable)")
     p.add_argument("--mention", action="append", help="also mention @name or @role (repeatable)")
     p.add_argument("--scope", action="append", help="scope type:value (repeatable, comma-separated)")
@@ -1110,6 +1227,38 @@ def _read_text(text: str) -> str:
     return sys.stdin.read() if text == "-" else text
 
 
+# The daemon's limit (service.MAX_CONTENT_BYTES), checked here so a big file fails before it is sent.
+MAX_BODY_BYTES = 32 * 1024
+
+
+def _message_body(args) -> str:
+    """The text of `send`: the MESSAGE argument, or --body-file FILE, or --stdin (never two of them)."""
+    source = "--stdin" if args.stdin else f"--body-file {args.body_file}" if args.body_file is not None else None
+    if source is None:
+        if args.message is None:
+            raise UsageError("a message is required: give MESSAGE, --body-file FILE or --stdin")
+        return _read_text(args.message)
+    if args.message is not None:
+        raise UsageError(f"give the message either as MESSAGE or with {source}, not both")
+    try:
+        if args.stdin or args.body_file == "-":
+            data = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
+        else:
+            with open(args.body_file, "rb") as f:
+                data = f.read(MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.body_file}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BODY_BYTES:
+        raise UsageError(f"the message from {source} is larger than {MAX_BODY_BYTES} bytes, the most a message holds")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"the message from {source} is not UTF-8 text") from None
+    if not text.strip():
+        raise UsageError(f"the message from {source} is empty")
+    return text
+
+
 def cmd_send(ctx: Ctx) -> int:
     args = ctx.args
     ident = ctx.identity()
@@ -1118,7 +1267,7 @@ def cmd_send(ctx: Ctx) -> int:
     mentions = [m if m.startswith("@") else "@" + m for m in split_list(args.to)] + split_list(args.mention)
     if args.broadcast:
         mentions.append("@everyone")
-    params = ctx.caller({"content": _read_text(args.message), "format": args.format, "priority": args.priority,
+    params = ctx.caller({"content": _message_body(args), "format": args.format, "priority": args.priority,
                          "client_id": _client_id()}, ident)
     if mentions:
         params["mentions"] = mentions
@@ -1222,6 +1371,7 @@ def _setup_inbox(c: Commands) -> None:
     p.add_argument("--mentions", action="store_true", help="only messages that mention you or your role")
     p.add_argument("--unread", action="store_true", help="only unread messages")
     p.add_argument("-a", "--all", action="store_true", help="every message, not only those for you")
+    p.add_argument("--from", dest="from_agent", metavar="@NAME", help="only messages written by this agent or user")
     p.add_argument("--page-size", type=int, default=10, help="messages per page (1-100)")
     p.add_argument("--page", type=int, default=1)
     p.add_argument("--no-mark-read", "--peek", dest="no_mark_read", action="store_true",
@@ -1245,6 +1395,11 @@ def cmd_inbox(ctx: Ctx) -> int:
         params["mentions"] = True
     if args.unread:
         params["unread"] = True
+    if args.from_agent is not None:
+        author = args.from_agent.removeprefix("@")
+        if not author:
+            raise UsageError("--from needs a name, e.g. --from @alice")
+        params["author_id"] = author
     result = ctx.call("message.list", params)
     shown_unread = [m["message_id"] for m in result["messages"] if not m.get("is_read")]
     if shown_unread and not args.no_mark_read:
@@ -1262,6 +1417,9 @@ def _render_inbox(ctx: Ctx, result: dict, ident, scopes: list) -> None:
         if not msgs:
             if scopes:
                 return [f"No messages matching filter --scope {scopes[0]['type']}:{scopes[0]['value']}"]
+            if ctx.args.from_agent:
+                return [f"No messages from @{ctx.args.from_agent.removeprefix('@')}"
+                        + ("." if ctx.args.all else f" for @{ident.name}.")]
             return [f"No messages for @{ident.name}."] if not ctx.args.all else ["No messages in inbox."]
         width = max(40, min(120, _terminal_columns() - 2))
         ordered = _cluster_replies(msgs)

@@ -667,3 +667,7 @@ class _Refresh:
             log.exception("building the work context of %s failed", self.path)
             wc = None
         self.owner._refresh_done(self.path, wc, self.started)
+
+
+def make_component(paths):
+    return Coordination(paths)

@@ -31,6 +31,8 @@ import time
 import traceback
 
 from thrum import __version__
+from thrum.components import (  # re-exported: make_store and the rest used to live here
+    COMPONENT_MODULES, LOCK_NAME, make_store, origin_daemon_id, component_factories as _component_factories)
 from thrum.events import now_timestamp
 from thrum.rpc import (
     Deferred, InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
@@ -41,7 +43,7 @@ __all__ = ["Loop", "Daemon", "run_daemon", "LOCK_NAME", "PID_NAME", "SOCKET_NAME
 
 log = logging.getLogger("thrum.daemon")
 
-LOCK_NAME, PID_NAME, SOCKET_NAME, LOG_NAME = "thrum.lock", "thrum.pid", "thrum.sock", "daemon.log"
+PID_NAME, SOCKET_NAME, LOG_NAME = "thrum.pid", "thrum.sock", "daemon.log"
 MAX_BATCH = 1000               # requests run per loop turn, so one flood cannot starve timers
 MAX_OUTBUF = 16 * 1024 * 1024  # a reader this far behind is cut off rather than grow memory
 MAX_CONNECTIONS = 1024
@@ -377,15 +379,6 @@ class Ready(bytes):
 
 class StartError(Exception):
     """The daemon cannot start; the message says why."""
-
-
-def origin_daemon_id(thrum_dir: str) -> str:
-    import hashlib
-
-    from thrum.events import crockford_lower
-
-    host = socket.gethostname()
-    return "d_" + crockford_lower(hashlib.sha256(f"{host}\0{os.path.realpath(thrum_dir)}".encode()).digest(), 12)
 
 
 def _short_unix_path(path: str) -> tuple[str, int | None]:
@@ -840,39 +833,6 @@ def run_daemon(paths, *, foreground: bool = False) -> int:
     finally:
         daemon.shutdown()
     return 0
-
-
-def make_store(paths, sync_dir: str, components: list | None = None):
-    """The Store as the daemon opens it, with the tables its components add."""
-    from thrum.store import Store
-
-    if components is None:
-        components = [c for c in (f(paths) for f in _component_factories()) if c is not None]
-    store = Store(sync_dir, paths.db, paths.var, origin_daemon_id(paths.thrum))
-    for component in components:
-        extend = getattr(component, "extend_store", None)
-        if extend is not None:
-            extend(store)
-    return store
-
-
-def _component_factories() -> list:
-    """Optional parts of the daemon, each a factory(paths) -> component or None."""
-    import importlib
-    import importlib.util
-
-    factories = []
-    for module_name in COMPONENT_MODULES:
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        factory = getattr(importlib.import_module(module_name), "make_component", None)
-        if factory is not None:
-            factories.append(factory)
-    return factories
-
-
-# Modules that may contribute a daemon component through make_component(paths).
-COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx", "thrum.delivery")
 
 
 # -- controlling a daemon from the CLI ------------------------------------------------------

@@ -1,6 +1,7 @@
 """Live git work context of each session, worktrees of the repository, orphans and stale sessions.
 
-Owns the daemon component that keeps `work_contexts` current for the sessions this
+Git parsing and refresh logic for the daemon component (coordination.py, which imports
+this module, never the other way) that keeps `work_contexts` current for the sessions this
 daemon started (a session.start `worktree` ref names the checkout). A refresh of
 one checkout costs at most four short git processes, whatever the history size:
 
@@ -453,8 +454,3 @@ def parse_seconds(text: str) -> float | None:
             return None
     return None if num else total
 
-
-def make_component(paths):
-    from thrum.coordination import Coordination
-
-    return Coordination(paths)

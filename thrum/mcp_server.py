@@ -43,6 +43,7 @@ Error: `thrum mcp serve` needs the Python package `mcp` (the Model Context Proto
 which is not available to this thrum{why}.
   A zipapp cannot carry it (it has compiled parts). Install thrum with its dependencies instead:
       pipx install .                (from a thrum checkout; it brings websockets and mcp)
+      pipx install thrum-agents     (once published on PyPI; not `thrum`, an unrelated project)
   or add the SDK to the Python that runs thrum:
       python3 -m pip install 'mcp>=2.3,<3'
 """

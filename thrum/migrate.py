@@ -176,7 +176,7 @@ def _go_reads(db_path: str, dst: str) -> int:
 
 def run(paths, *, rebuild_only: bool = False, progress=None) -> dict:
     from thrum import sync
-    from thrum.daemon import LOCK_NAME, make_store
+    from thrum.components import LOCK_NAME, make_store
 
     os.makedirs(paths.var, mode=0o700, exist_ok=True)
     lock_fd = os.open(paths.var_file(LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -334,11 +334,14 @@ class Params:
             value = hi
         return value
 
-    def str_list(self, key: str, *, max_items: int = 100, max_len: int = 256) -> list:
+    def str_list(self, key: str, *, max_items: int = 100, max_len: int = 256, strict: bool = False) -> list:
+        """A list of strings; a lone string counts as a one-item list unless ``strict``."""
         value = self.raw.get(key)
         if value is None:
             return []
         if isinstance(value, str):
+            if strict:
+                raise InvalidParams(f"{key} must be an array of strings, not a string")
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidParams(f"{key} must be a list of strings")

@@ -873,7 +873,7 @@ class Service:
         return {"message_id": row["message_id"], "deleted_at": event["timestamp"]}
 
     def message_mark_read(self, p: Params, ctx: CallContext) -> dict:
-        ids = p.str_list("message_ids", max_items=1000, max_len=128)
+        ids = p.str_list("message_ids", max_items=1000, max_len=128, strict=True)
         if not ids:
             raise InvalidParams("message_ids is required and must not be empty")
         reader = self.caller(p, ctx)["agent_id"]
