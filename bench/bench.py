@@ -284,6 +284,10 @@ class Bench:
         else:
             self.cli_env = {**env, "PYTHONPATH": self.pkg}
             self.env = dict(self.cli_env)
+        if getattr(self.args, "repo", None):  # a repository an earlier run kept (--keep): no set-up, no dataset load
+            self.repo = os.path.abspath(self.args.repo)
+            self.dataset = f"the repository {self.repo} (--repo), {self._count_lines():,} log lines"
+            return
         self.repo = os.path.join(self.tmp, "repo")
         os.makedirs(self.repo)
         self.git("init", "-q")
@@ -390,6 +394,16 @@ class Bench:
                         f" {data.get('events'):,} events, log {stats['log_bytes'] / MiB:,.0f} MiB written in"
                         f" {wrote:.0f} s, first rebuild {time.perf_counter() - t0:.1f} s")
         log(self.dataset)
+
+    def _count_lines(self) -> int:
+        root = os.path.join(self.repo, ".git", "thrum-sync", "a-sync")
+        total = 0
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                if name.endswith(".jsonl"):
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        return total
 
     # -- daemon control ----------------------------------------------------------------------
 
@@ -1099,6 +1113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--generate", type=int, metavar="N", default=0,
                    help="use a generated dataset of N messages (bench/generate.py) instead of the fixture")
     p.add_argument("--agents", type=int, default=50, help="agents in a generated dataset (default 50)")
+    p.add_argument("--repo", help="benchmark this repository (e.g. a generated one kept with --keep) in place")
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke run; numbers are rough)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     groups = sorted({r.group for r in make_rows()})

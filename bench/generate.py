@@ -158,11 +158,12 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
             refs.append({"type": "reply_to", "value": parent})
             if not thread_id:
                 thread_id = "thr_" + parent[4:]
-            if parent_author != author:
-                refs.append({"type": "mention", "value": parent_author})
-                recipients = {parent_author}
-            else:
-                recipients = set()
+            # A reply reaches the author of what it answers (thrum adds that mention); a follow-up to
+            # one's own message names someone, or it would be a broadcast.
+            if parent_author == author:
+                parent_author = team.agents[rng.randrange(len(team.agents))]
+            refs.append({"type": "mention", "value": parent_author})
+            recipients = {parent_author}
             stats["threads"] += 1
         elif kind < 0.80:
             target = team.agents[rng.randrange(len(team.agents))]
@@ -228,8 +229,8 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
                 out.add(f"messages/{a}.jsonl", event("message.delete", due, message_id=m, reason="obsolete"))
                 stats["deletes"] += 1
         for a in recipients - {author}:
-            if rng.random() < 0.005:
-                continue  # a straggler: never read
+            if rng.random() < 0.001:
+                continue  # a straggler: never read (an unread page walks past the read ones around it)
             pending = unread[a]
             pending.append(mid)
             if len(pending) >= batch_at[a]:
