@@ -47,7 +47,7 @@ sys.path.insert(0, ROOT)
 from thrum.rpc import Client, DaemonUnavailable, RPCError  # noqa: E402
 
 CLIENT_CODES = {-32700, -32600, -32601, -32602, -32000, -32001, -32002, -32003, -32004, -32005, -32006}
-LOCAL_ONLY = {"delivery_cursors"}                   # docs/guarantees.md: not in the log
+LOCAL_ONLY = {"delivery_cursors", "unread_index", "unread_ready"}  # docs/guarantees.md: local bookkeeping
 LOCAL_COLUMNS = {"last_seen_at", "git_checked_at"}  # heartbeats and git check times
 
 

@@ -83,6 +83,15 @@ def test_views_match_the_general_query_through_every_change(daemon):
         c.call("message.markRead", {"message_ids": sent[:6], "caller_agent_id": "bob"})
         c.call("message.markRead", {"message_ids": sent[2:9], "caller_agent_id": "carol"})
         c.call("message.markRead", {"message_ids": [sent[2]], "caller_agent_id": "bob"})  # its own message
+    assert_views_match(t, agents)  # builds each agent's unread index (views.py)
+
+    with t.client() as c:  # the unread indexes follow new messages and read markers from here on
+        more = [c.call("message.send", {"content": f"later {i}", "caller_agent_id": who, "mentions": [to]})
+                ["message_id"] for i, (who, to) in enumerate([("alice", "@bob"), ("dave", "@reviewer"),
+                                                              ("bob", "@crew"), ("carol", "@everyone")])]
+        sent += more
+        c.call("message.markRead", {"message_ids": more[:2] + [sent[7]], "caller_agent_id": "bob"})
+        c.call("message.markRead", {"message_ids": more[2:], "caller_agent_id": "carol"})
     assert_views_match(t, agents)
 
     with t.client() as c:  # deleting read and unread messages

@@ -814,7 +814,8 @@ class Service:
         elif targets:
             keys = ["@" + t for t in dict.fromkeys(targets)]
         return views.list_page(self.db, keys=keys, scope_key=scope_key, exclude_author=exclude, reader=reader,
-                               only_unread=only_unread, page=page, page_size=page_size, desc=sort_order == "desc")
+                               only_unread=only_unread, page=page, page_size=page_size, desc=sort_order == "desc",
+                               projection=self.store.projection, inbox_of=for_agent)
 
     def _list_result(self, rows, reader: str, only_unread: bool, total: int, unread: int, page: int,
                      page_size: int) -> dict:

@@ -529,6 +529,9 @@ CREATE TABLE reader_counts (agent_id TEXT NOT NULL, keyset_id INTEGER NOT NULL, 
 CREATE TABLE scope_counts (key TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE scope_reads (agent_id TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (agent_id, key)) WITHOUT ROWID;
+CREATE TABLE unread_index (agent_id TEXT NOT NULL, created_ns INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, created_ns, seq)) WITHOUT ROWID;
+CREATE TABLE unread_ready (agent_id TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOUT ROWID;
 """
 
 # Derived state a rebuild computes in bulk after loading the events (the appliers maintain it
@@ -616,6 +619,10 @@ class Projection:
         self._keysets: dict[str, int] = {}
         self._keysets_version = 0
         self._pending_rows: dict[str, list] = {}
+        # Bumped when an unread index is built or dropped (views.py), so the owners map is re-read.
+        self.unread_version = 0
+        self._owners: dict[str, set] = {}
+        self._owners_version = -1
         self.appliers = {
             "agent.register": self._agent_register,
             "agent.session.start": self._session_start,
@@ -880,6 +887,20 @@ class Projection:
         readers = [r[0] for r in self.db.execute("SELECT agent_id FROM message_reads WHERE message_id=?", (mid,))]
         for reader in readers:
             self._reader(reader, keyset, reader == author, 1, scope_keys)
+        unread_for = {a for k in keys for a in self._unread_owners().get(k, ())} - {author} - set(readers)
+        if unread_for:
+            self.db.executemany("INSERT OR IGNORE INTO unread_index VALUES (?,?,?)",
+                                [(a, ns, seq) for a in unread_for])
+
+    def _unread_owners(self) -> dict[str, set]:
+        """key -> agents whose unread index (views.py) is kept and whose inbox that key reaches."""
+        if self._owners_version != (self.version, self.unread_version):  # a rollback may undo a build
+            owners: dict[str, set] = {}
+            for agent_id, keys in self.db.execute("SELECT agent_id, keys FROM unread_ready"):
+                for k in keys.split("\n"):
+                    owners.setdefault(k, set()).add(agent_id)
+            self._owners, self._owners_version = owners, (self.version, self.unread_version)
+        return self._owners
 
     def _keyset(self, keys: list[str]) -> int:
         text = "\n".join(keys)
@@ -962,6 +983,10 @@ class Projection:
             self._scope_count(k, -1)
         for (reader,) in self.db.execute("SELECT agent_id FROM message_reads WHERE message_id=?", (mid,)).fetchall():
             self._reader(reader, keyset, reader == author, -1, scope_keys)
+        owners = {a for k in keys for a in self._unread_owners().get(k, ())}
+        if owners:
+            self.db.executemany("DELETE FROM unread_index WHERE agent_id=? AND created_ns=? AND seq=?",
+                                [(a, created_ns, seq) for a in owners])
 
     def _message_read(self, e: dict, ns: int) -> None:
         agent_id, ids = e.get("agent_id"), e.get("message_ids")
@@ -975,10 +1000,12 @@ class Projection:
             if self.db.execute("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)",
                                row).rowcount == 0:
                 continue
-            m = self.db.execute("SELECT agent_id, keyset FROM messages WHERE message_id=? AND deleted=0",
-                                (row[1],)).fetchone()
+            m = self.db.execute("SELECT agent_id, keyset, created_ns, rowid FROM messages WHERE message_id=?"
+                                " AND deleted=0", (row[1],)).fetchone()
             if m is not None:  # a marker for a message not here yet is counted when the message arrives
                 self._reader(agent_id, m[1], m[0] == agent_id, 1, _scope_keys(self.db, row[1]))
+                self.db.execute("DELETE FROM unread_index WHERE agent_id=? AND created_ns=? AND seq=?",
+                                (agent_id, m[2], m[3]))
 
 
 _FULL_CHECK_BYTES = 64 << 20  # databases up to this size are checked in full at every start

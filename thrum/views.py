@@ -126,13 +126,46 @@ def _newest_all(db, *, exclude_author: str, unread_for: str, limit: int, desc: b
     return [r[0] for r in db.execute(sql, args + [limit])]
 
 
+def _unread_inbox(db, projection, agent: str, keys: list[str], *, limit: int, desc: bool) -> list[int] | None:
+    """The first `limit` unread messages of an agent's inbox from its unread index, building the
+    index first when it is missing or was built for other keys (a role or group change).
+
+    The index holds one row per unread message of the inbox and is kept by the appliers from
+    then on (store.py), so an unread page costs the page. Building it walks the inbox once;
+    that happens only outside a write batch (the daemon answers reads between batches), else
+    None and the caller walks the inbox this time. It is local bookkeeping, like the delivery
+    cursors: a rebuild drops it."""
+    text = "\n".join(sorted(keys))
+    row = db.execute("SELECT keys FROM unread_ready WHERE agent_id = ?", (agent,)).fetchone()
+    if row is None or row[0] != text:
+        if db.in_transaction:
+            return None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM unread_index WHERE agent_id = ?", (agent,))
+            db.execute(f"INSERT OR IGNORE INTO unread_index SELECT ?, a.created_ns, a.seq FROM message_audience a"
+                       f" WHERE a.key IN ({_marks(keys)}) AND a.author != ?{_UNREAD}", [agent] + keys + [agent, agent])
+            db.execute("INSERT OR REPLACE INTO unread_ready VALUES (?, ?)", (agent, text))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        projection.unread_version += 1
+    order = "DESC" if desc else "ASC"
+    return [r[0] for r in db.execute(f"SELECT seq FROM unread_index WHERE agent_id = ?"
+                                     f" ORDER BY created_ns {order}, seq {order} LIMIT ?", (agent, limit))]
+
+
 def list_page(db, *, keys: list[str] | None, scope_key: str = "", exclude_author: str = "", reader: str = "",
-              only_unread: bool = False, page: int, page_size: int, desc: bool = True):
+              only_unread: bool = False, page: int, page_size: int, desc: bool = True, projection=None,
+              inbox_of: str = ""):
     """(rows in order, total, unread) for one page of a view, or None when the view needs the
     general query (a reader other than the excluded author: read markers are not kept that way).
 
     keys: the addressing keys of an inbox or mentions view, or None for every message;
-    scope_key: `~type:value` for a scope view (then `keys` is ignored; no author exclusion)."""
+    scope_key: `~type:value` for a scope view (then `keys` is ignored; no author exclusion);
+    inbox_of: the agent whose inbox `keys` are (its unread page then comes from its unread index)."""
     if exclude_author and reader and reader != exclude_author:
         return None
     if scope_key and exclude_author:
@@ -153,7 +186,11 @@ def list_page(db, *, keys: list[str] | None, scope_key: str = "", exclude_author
     elif keys is None:
         seqs = _newest_all(db, exclude_author=exclude_author, unread_for=unread_for, limit=want, desc=desc)
     else:
-        seqs = _newest(db, keys, exclude_author=exclude_author, unread_for=unread_for, limit=want, desc=desc)
+        seqs = None
+        if only_unread and inbox_of and inbox_of == reader == exclude_author and projection is not None:
+            seqs = _unread_inbox(db, projection, reader, keys, limit=want, desc=desc)
+        if seqs is None:
+            seqs = _newest(db, keys, exclude_author=exclude_author, unread_for=unread_for, limit=want, desc=desc)
     seqs = seqs[(page - 1) * page_size:]
     rows = []
     if seqs:
