@@ -336,3 +336,42 @@ def test_recovery_after_power_loss_keeps_other_writers_lines(tmp_path):
     assert again.stats()["messages"] == 4
     assert any(q.name.endswith(".recovered") for q in (var / "quarantine").iterdir())
     again.close()
+
+
+def test_a_large_database_is_checked_in_full_only_after_a_request_met_damage(tmp_path, monkeypatch):
+    """Above 64 MiB a start checks the size and the small tables only (a full check costs seconds at 1M);
+    a database error in a request (`distrust`) makes the next start check everything and rebuild."""
+    from thrum import store as store_mod
+
+    monkeypatch.setattr(store_mod, "_FULL_CHECK_BYTES", 0)  # every database counts as large here
+    sync_dir, var = tmp_path / "log", tmp_path / "var"
+    var.mkdir()
+
+    def open_store():
+        s = store_mod.Store(str(sync_dir), str(var / "messages.db"), str(var), "d_test")
+        return s, s.open()
+
+    s, _ = open_store()
+    s.append("agent.register", {"agent_id": "alice", "name": "alice", "role": "implementer"})
+    for i in range(300):
+        s.append("message.create", {"message_id": f"msg_{i:04d}", "agent_id": "alice",
+                                    "body": {"format": "markdown", "content": "x" * 500}})
+    s.commit()
+    s.close()
+    db = var / "messages.db"
+    conn = sqlite3.connect(db)
+    page = conn.execute("SELECT pageno FROM dbstat WHERE name='messages' AND pagetype='leaf' LIMIT 1 OFFSET 5")\
+        .fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as f:  # zero a leaf of the messages table: the cheap checks miss it
+        f.seek((page - 1) * 4096)
+        f.write(b"\0" * 4096)
+    s, opened = open_store()
+    assert opened["rebuilt"] == ""
+    s.distrust()
+    s.close()
+    s, opened = open_store()
+    assert "integrity check failed" in opened["rebuilt"] or "malformed" in opened["rebuilt"]
+    assert s.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 300
+    assert not (var / "projection.suspect").exists()
+    s.close()

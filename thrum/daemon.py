@@ -23,6 +23,7 @@ import logging.handlers
 import os
 import selectors
 import signal
+import sqlite3
 import socket
 import struct
 import subprocess
@@ -705,6 +706,8 @@ class Daemon:
                 reply = encode_error(req.id, InternalError("Internal error", f"{type(exc).__name__}: {exc}"))
         except Exception as exc:
             log.error("%s failed:\n%s", req.method, traceback.format_exc())
+            if isinstance(exc, sqlite3.DatabaseError) and self.store is not None:
+                self.store.distrust()  # the next start checks the whole database (and rebuilds it if damaged)
             reply = encode_error(req.id, InternalError("Internal error", f"{type(exc).__name__}: {exc}"))
         if req.is_notification:
             return None, bool(method and method.writes)

@@ -1125,15 +1125,14 @@ class Store:
         self._attach(conn)
 
     def _check_integrity(self, conn: sqlite3.Connection) -> None:
-        """A whole-database check costs seconds at a million messages, so a large database after a
-        clean shutdown gets the cheap checks only: its size against its page count, and the small
-        tables that steer everything else. After a crash, or when small, it is checked in full."""
+        """A whole-database check costs seconds at a million messages, so a large database gets the
+        cheap checks only: its size against its page count, and the small tables that steer
+        everything else. (A killed process cannot damage a WAL database; a disk or a hand can.)
+        A small one, or one a request found damaged (`distrust`), is checked in full."""
         page_size, pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count"))
         if page_size * pages > os.path.getsize(self.db_path) + _wal_size(self.db_path):
             raise NeedsRebuild("the database file is shorter than its pages")
-        clean = os.path.exists(self._clean_marker())
-        _remove(self._clean_marker())  # until the next clean close
-        if clean and page_size * pages > _FULL_CHECK_BYTES:
+        if not os.path.exists(self._suspect_marker()) and page_size * pages > _FULL_CHECK_BYTES:
             checks = [f"PRAGMA quick_check({t})" for t in ("meta", "log_files", "counters", "keysets")]
         else:
             checks = ["PRAGMA quick_check"]
@@ -1141,9 +1140,18 @@ class Store:
             ok = conn.execute(sql).fetchone()[0]
             if ok != "ok":
                 raise NeedsRebuild(f"integrity check failed: {ok}")
+        _remove(self._suspect_marker())
 
-    def _clean_marker(self) -> str:
-        return os.path.join(self.var_dir, "projection.clean")
+    def _suspect_marker(self) -> str:
+        return os.path.join(self.var_dir, "projection.suspect")
+
+    def distrust(self) -> None:
+        """A query failed with a database error: check the whole database at the next start."""
+        try:
+            with open(self._suspect_marker(), "w"):
+                pass
+        except OSError:
+            pass
 
     def _attach(self, conn: sqlite3.Connection) -> None:
         # WAL checkpoints run from `maintain`, after replies are sent, instead of
@@ -1174,11 +1182,6 @@ class Store:
                 pass
             self.db.close()
             self.db = None
-            try:
-                with open(self._clean_marker(), "w"):
-                    pass
-            except OSError:
-                pass  # the next start checks the whole database
         self.log.close()
 
     def rebuild(self, progress=None) -> int:
@@ -1262,6 +1265,7 @@ class Store:
         for suffix in ("-wal", "-shm"):
             _remove(self.db_path + suffix)
         os.replace(tmp, self.db_path)
+        _remove(self._suspect_marker())
         for suffix in ("-wal", "-shm"):
             _remove(tmp + suffix)
         self._attach(connect(self.db_path))
