@@ -1157,7 +1157,7 @@ class SyncLoop:
 
     def _maybe_probe(self) -> float:
         """Probe origin if it is time to; returns the seconds until the next check."""
-        if self.remote_configured is not True or self.probe_child is not None:
+        if not self.probes_allowed() or self.remote_configured is not True or self.probe_child is not None:
             return self.probe_interval  # nowhere to probe (yet), or a probe is under way
         if self.active:
             return 0.25  # a round fetches anyway; its fetch moves the next probe
