@@ -212,10 +212,10 @@ class Push:
     def activity(self) -> str:
         """Whether someone is listening now (the sync loop probes the remote meanwhile): "waiter", "web_ui" or ""."""
         listeners = self.listeners.values()
+        if any(lst.follow_ctx for lst in listeners):
+            return "web_ui"  # an open WebSocket (the web UI, which also holds a temporary subscription)
         if any(lst.temps for lst in listeners):
             return "waiter"  # thrum wait, MCP wait_for_message, a hook's idle waiter
-        if any(lst.follow_ctx for lst in listeners):
-            return "web_ui"  # an open WebSocket (the web UI)
         return ""
 
     def attach(self, conn, agent_id: str, events: bool = True) -> None:
