@@ -217,3 +217,14 @@ def test_a_hanging_remote_blocks_neither_the_daemon_nor_later_probes(tmp_path, c
              what="a successful probe")
     mid = b.json("send", "after the hang", "--to", "@alice", name="bob")["message_id"]
     wait_for(lambda: mid in message_ids(a), 30, what="the message after the remote came back")
+
+
+def test_an_open_web_ui_keeps_the_clone_active_until_it_closes(clones, default_env):
+    from _rt import WS
+
+    a = clones.clone("a", env=dict(default_env, THRUM_SYNC_ACTIVE_WINDOW="3"))
+    wait_for(lambda: status(a)["mode"] == "idle", 30, what="the clone to be idle")
+    with WS(a):  # a WebSocket that sends nothing: no requests, only the open page
+        s = probes_grow(a, 2)
+        assert s["mode"] == "active" and s["active_because"] == "web_ui"
+    wait_for(lambda: status(a)["mode"] == "idle", 30, what="the clone to go idle once the page closed")
