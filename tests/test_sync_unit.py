@@ -241,3 +241,14 @@ def test_local_only_and_remote_less_clones_never_probe(tmp_path):
     loop.daemon.push.reason = "waiter"
     loop._maybe_probe()
     assert loop.mode() == "local" and loop.daemon.loop.spawned == []
+
+
+def test_rounds_after_writes_are_spaced_by_their_own_cost(tmp_path):
+    loop = _probing_loop(tmp_path)
+    loop.ended_at = sync.time.monotonic()
+    loop.last_result = {"duration_ms": 50}
+    assert loop.write_delay() == loop.debounce  # a cheap round: the write goes out after the debounce
+    loop.last_result = {"duration_ms": 2000}
+    assert 5.9 < loop.write_delay() <= 6.0  # a 2 s round (a big log): the next starts 6 s after it
+    loop.ended_at -= 60
+    assert loop.write_delay() == loop.debounce  # a lone write after a quiet spell

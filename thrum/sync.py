@@ -1098,7 +1098,17 @@ class SyncLoop:
         self.dirty += len(events)
         if (self.debounce > 0 and self.running and not self.active and self.debounce_timer is None
                 and self.failures == 0):
-            self.debounce_timer = self.daemon.loop.call_later(self.debounce, self._debounced)
+            self.debounce_timer = self.daemon.loop.call_later(self.write_delay(), self._debounced)
+
+    def write_delay(self) -> float:
+        """Seconds from now to the round that pushes a local write.
+
+        A write after a quiet spell waits `debounce`. Under a stream of writes a round
+        starts no sooner than three times the last round's length after it ended, so git
+        (which hashes whole log files) gets at most a quarter of the time on a big log.
+        """
+        last = self.last_result.get("duration_ms", 0) / 1000
+        return max(self.debounce, 3 * last - (time.monotonic() - self.ended_at))
 
     def _debounced(self) -> None:
         self.debounce_timer = None
@@ -1398,7 +1408,7 @@ class SyncLoop:
             return
         self.timer = loop.call_later(self.interval, self._tick)
         if self.dirty and self.debounce > 0 and not error:
-            self.debounce_timer = loop.call_later(self.debounce, self._debounced)
+            self.debounce_timer = loop.call_later(self.write_delay(), self._debounced)
 
     def _gc(self) -> None:
         """Each round writes whole-file blobs; let git pack them now and then (as `git commit` would)."""
