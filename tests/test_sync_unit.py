@@ -252,3 +252,5 @@ def test_rounds_after_writes_are_spaced_by_their_own_cost(tmp_path):
     assert 5.9 < loop.write_delay() <= 6.0  # a 2 s round (a big log): the next starts 6 s after it
     loop.ended_at -= 60
     assert loop.write_delay() == loop.debounce  # a lone write after a quiet spell
+    loop.write_round_at = sync.time.monotonic()
+    assert loop.write_delay() > sync.WRITE_ROUND_SPACING - 0.1  # a stream: at most one round a second

@@ -285,6 +285,7 @@ WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop 
 BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
 DEFAULT_INTERVAL = 60
 DEFAULT_DEBOUNCE = 0.25    # seconds from the first unsynced local write to a round (then pushed in ~0.5 s)
+WRITE_ROUND_SPACING = 1.0  # under a stream of writes, at most one round for them per second
 # While someone uses this clone, `git ls-remote` (one round trip) asks origin every few seconds
 # whether a-sync moved, and only a change costs a round (a fetch); otherwise the interval applies.
 DEFAULT_PROBE_INTERVAL = 2.0
@@ -993,6 +994,7 @@ class SyncLoop:
         self.rounds = 0
         self.started_at = 0.0
         self.ended_at = 0.0       # monotonic end of the last round
+        self.write_round_at = 0.0  # monotonic start of the last round started for local writes
         self.last_result: dict = {}
         # probing origin while the clone is active (see DEFAULT_PROBE_INTERVAL)
         self.probe_interval = DEFAULT_PROBE_INTERVAL
@@ -1103,15 +1105,18 @@ class SyncLoop:
     def write_delay(self) -> float:
         """Seconds from now to the round that pushes a local write.
 
-        A write after a quiet spell waits `debounce`. Under a stream of writes a round
-        starts no sooner than three times the last round's length after it ended, so git
-        (which hashes whole log files) gets at most a quarter of the time on a big log.
+        A write after a quiet spell waits `debounce`. Under a stream of writes the rounds
+        for them start at most once per WRITE_ROUND_SPACING, and no sooner than three times
+        the last round's length after it ended, so git (which hashes whole log files) gets
+        at most a quarter of the time on a big log.
         """
+        now = time.monotonic()
         last = self.last_result.get("duration_ms", 0) / 1000
-        return max(self.debounce, 3 * last - (time.monotonic() - self.ended_at))
+        return max(self.debounce, self.write_round_at + WRITE_ROUND_SPACING - now, 3 * last - (now - self.ended_at))
 
     def _debounced(self) -> None:
         self.debounce_timer = None
+        self.write_round_at = time.monotonic()
         self.request()
 
     def _tick(self) -> None:
