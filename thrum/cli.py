@@ -686,7 +686,8 @@ def cmd_config_show(ctx: Ctx) -> int:
     st = daemon_status(paths)
     overrides = [{"env_var": k, "value": os.environ[k]} for k in (
         "THRUM_NAME", "THRUM_ROLE", "THRUM_MODULE", "THRUM_SOCKET", "THRUM_WS_PORT", "THRUM_LOCAL",
-        "THRUM_SYNC_INTERVAL", "THRUM_HOSTNAME") if os.environ.get(k)]
+        "THRUM_SYNC_INTERVAL", "THRUM_SYNC_DEBOUNCE", "THRUM_SYNC_PROBE_INTERVAL", "THRUM_SYNC_ACTIVE_WINDOW",
+        "THRUM_HOSTNAME") if os.environ.get(k)]
     data = {"config_file": paths.config,
             "runtime": {"primary": s.runtime or "cli-only", "source": "config.json" if s.runtime else "default"},
             "daemon": {"local_only": {"value": s.local_only, "source": s.local_only_source},
