@@ -114,7 +114,7 @@ def test_sync_status_and_health_report_mode_probes_and_fetches(clones):
     assert health["sync_mode"] == "active" and health["sync_probes_last_hour"] >= 2
     assert health["sync_last_probe_at"] and health["sync_fetches_last_hour"] >= 1
     text = a.run("sync", "status").stdout
-    assert "Checks:     active (recent requests): origin checked every 2 s" in text
+    assert "Probing:    active (recent requests): origin checked every 2 s" in text
     assert "probe(s)" in text and "fetch(es)" in text
     assert "(active)" in a.run("status", name="alice").stdout
 

@@ -1855,7 +1855,7 @@ def _probe_lines(s: dict, indent: str) -> list[str]:
     text = _probe_text(s["mode"], s.get("active_because", ""), s.get("probe_interval", 0), s.get("interval", 60))
     last = ", ".join(f"last {what} {ago(at) if at else 'never'}"
                      for what, at in (("probe", s.get("last_probe_at")), ("fetch", s.get("last_fetch_at"))))
-    lines = [f"{indent}Checks:     {text}",
+    lines = [f"{indent}Probing:    {text}",
              f"{indent}            {last}; in the last hour {s.get('probes_last_hour', 0)} probe(s), "
              f"{s.get('fetches_last_hour', 0)} fetch(es)"]
     if s.get("last_probe_error"):
