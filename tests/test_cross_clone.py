@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FACTOR, Thrum, git, make_repo, wait_for
-from test_sync import Clones, as_other_writer, force, message_ids
+from test_sync import Clones, event_id_counts, force, message_ids
 
 
 @pytest.fixture
@@ -117,6 +117,20 @@ def test_sync_status_and_health_report_mode_probes_and_fetches(clones):
     assert "Probing:    active (recent requests): origin checked every 2 s" in text
     assert "probe(s)" in text and "fetch(es)" in text
     assert "(active)" in a.run("status", name="alice").stdout
+
+
+def test_both_clones_writing_at_once_converge_exactly_once_without_a_force(clones):
+    a, b = clones.pair()
+    sent = set()
+    for i in range(8):  # interleaved, so pushes race and get rejected, fetched, merged and retried
+        sent.add(a.json("send", f"from a {i}", "--to", "@bob", name="alice")["message_id"])
+        sent.add(b.json("send", f"from b {i}", "--to", "@alice", name="bob")["message_id"])
+    for t in (a, b):
+        wait_for(lambda: sent <= message_ids(t), 60, what="every message on both clones")
+    wait_for(lambda: all(status(t)["sync_state"] == "synced" for t in (a, b))
+             and status(a)["head"] == status(b)["head"], 60, what="both clones to agree")
+    for t in (a, b):
+        assert set(event_id_counts(t).values()) == {1}
 
 
 # -- cost ----------------------------------------------------------------------------------------
