@@ -16,9 +16,10 @@ Row `cross_clone_delivery` (targets: p50 <= 2 s, p95 <= 5 s): a bare remote and 
 clones, A (alice) and B (bob), each with its daemon at default settings. Twenty
 messages, alternating A->B and B->A, each sent after a random pause while the
 recipient's clone has a blocked waiter (`push.wait_for_message`, the code of
-`thrum wait` and MCP `wait_for_message`). Measured per message: send -> visible
-(`message.get` on the recipient's daemon succeeds, polled every 20 ms) and send ->
-the waiter returns it. Probes and fetches per minute come from `sync.status`
+`thrum wait` and MCP `wait_for_message`). Measured per message: send -> pushed (the
+sender's `sync.status` has no uncommitted or unpushed events), send -> visible
+(`message.get` on the recipient's daemon succeeds; both polled every 20 ms) and
+send -> the waiter returns it. Probes and fetches per minute come from `sync.status`
 (`probes_last_hour`, `fetches_last_hour`): while the messages flow (active), and over
 a minute with both daemons restarted and nobody using them (idle).
 
@@ -224,8 +225,9 @@ def _per_minute(before: list[tuple[int, int]], after: list[tuple[int, int]], sec
     return round(probes * 60 / seconds, 1), round(fetches * 60 / seconds, 1)
 
 
-def _deliver_one(send_sock: str, sender: str, recv_sock: str, recipient: str, text: str) -> tuple[float, float]:
-    """Send one message and time it until visible on the other clone and until the waiter there returns."""
+def _deliver_one(send_sock: str, sender: str, recv_sock: str, recipient: str,
+                 text: str) -> tuple[float, float, float]:
+    """Send one message; seconds until it is pushed, visible on the other clone, and returned by the waiter there."""
     import threading
 
     from thrum.push import wait_for_message
@@ -247,20 +249,25 @@ def _deliver_one(send_sock: str, sender: str, recv_sock: str, recipient: str, te
         t0 = time.perf_counter()
         mid = client.call("message.send", {"content": text, "mentions": [f"@{recipient}"],
                                            "caller_agent_id": sender})["message_id"]
-    visible = None
-    with Client(recv_sock, timeout=30) as client:
+    visible = pushed = None
+    with Client(recv_sock, timeout=30) as receiver, Client(send_sock, timeout=30) as sender_client:
         deadline = t0 + 60
-        while time.perf_counter() < deadline:
-            try:
-                client.call("message.get", {"message_id": mid, "caller_agent_id": recipient})
-                visible = time.perf_counter() - t0
-                break
-            except RPCError:
-                time.sleep(0.02)
+        while time.perf_counter() < deadline and (visible is None or pushed is None):
+            if pushed is None:  # the sender's round committed and pushed it (sync.status is a quiet look)
+                s = sender_client.call("sync.status")
+                if s["uncommitted_events"] == 0 and s["unpushed_events"] == 0:
+                    pushed = time.perf_counter() - t0
+            if visible is None:
+                try:
+                    receiver.call("message.get", {"message_id": mid, "caller_agent_id": recipient})
+                    visible = time.perf_counter() - t0
+                except RPCError:
+                    pass
+            time.sleep(0.02)
     thread.join(65)
-    if visible is None or returned.get("message_id") != mid:
+    if visible is None or pushed is None or returned.get("message_id") != mid:
         raise RuntimeError(f"message {mid} did not arrive within 60 s (waiter got {returned.get('message_id')})")
-    return visible, returned["at"] - t0
+    return pushed, visible, returned["at"] - t0
 
 
 def run_cross_clone(messages: int = 20, idle_seconds: float = 60.0, seed: int = 14, keep: bool = False) -> dict:
@@ -280,12 +287,13 @@ def run_cross_clone(messages: int = 20, idle_seconds: float = 60.0, seed: int = 
             _force(socks[clones.index(clone)])
         _force(socks[0])  # both agents are known on both clones
         rng = random.Random(seed)
-        visible, waited = [], []
+        pushed, visible, waited = [], [], []
         before, started = _counts(socks), time.perf_counter()
         for i in range(messages):
             s, r = (0, 1) if i % 2 == 0 else (1, 0)
             time.sleep(rng.uniform(0, 2.5))  # the send lands anywhere in the other clone's probe cycle
-            v, w = _deliver_one(socks[s], names[s], socks[r], names[r], f"cross-clone {i}")
+            p, v, w = _deliver_one(socks[s], names[s], socks[r], names[r], f"cross-clone {i}")
+            pushed.append(p)
             visible.append(v)
             waited.append(w)
         active_seconds = time.perf_counter() - started
@@ -313,6 +321,7 @@ def run_cross_clone(messages: int = 20, idle_seconds: float = 60.0, seed: int = 
         p50_w, p95_w = _percentile(waited, 50), _percentile(waited, 95)
         return {
             "messages": messages,
+            "pushed_p50_s": round(_percentile(pushed, 50), 3), "pushed_p95_s": round(_percentile(pushed, 95), 3),
             "visible_p50_s": round(p50_v, 3), "visible_p95_s": round(p95_v, 3), "visible_max_s": round(max(visible), 3),
             "wait_p50_s": round(p50_w, 3), "wait_p95_s": round(p95_w, 3), "wait_max_s": round(max(waited), 3),
             "probes_per_min_active": probes_active, "fetches_per_min_active": fetches_active,
@@ -344,6 +353,7 @@ def _print_merge(r: dict) -> None:
 def _print_cross(r: dict) -> None:
     print(f"cross_clone_delivery ({r['messages']} messages, both directions, default settings; "
           f"targets p50 <= {CROSS_P50_S:g} s, p95 <= {CROSS_P95_S:g} s: {'ok' if r['meets_target'] else 'MISSED'})")
+    print(f"  send -> pushed:      p50 {r['pushed_p50_s']:.2f} s, p95 {r['pushed_p95_s']:.2f} s (sender's round)")
     print(f"  send -> visible:     p50 {r['visible_p50_s']:.2f} s, p95 {r['visible_p95_s']:.2f} s, "
           f"max {r['visible_max_s']:.2f} s")
     print(f"  send -> wait return: p50 {r['wait_p50_s']:.2f} s, p95 {r['wait_p95_s']:.2f} s, "
