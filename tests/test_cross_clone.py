@@ -242,3 +242,18 @@ def test_an_open_web_ui_keeps_the_clone_active_until_it_closes(clones, default_e
         s = probes_grow(a, 2)
         assert s["mode"] == "active" and s["active_because"] == "web_ui"
     wait_for(lambda: status(a)["mode"] == "idle", 30, what="the clone to go idle once the page closed")
+
+
+def test_the_benchmark_row_runs_end_to_end(tmp_path, env):
+    """bench/bench_sync.py's cross_clone_delivery row, tiny: it reports every figure (none is asserted)."""
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sync.py"), "--row", "cross_clone_delivery",
+                           "--messages", "2", "--idle-seconds", "2", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300 * FACTOR)
+    row = json.loads(proc.stdout)["cross_clone_delivery"]
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a target missed on a slow machine
+    for key in ("pushed_p50_s", "visible_p50_s", "visible_p95_s", "wait_p50_s", "wait_p95_s",
+                "probes_per_min_active", "probes_per_min_idle", "fetches_per_min_active", "fetches_per_min_idle"):
+        assert row[key] >= 0, key
+    assert row["idle_modes"] == ["idle"] and row["probes_per_min_idle"] == 0

@@ -1172,8 +1172,10 @@ class SyncLoop:
 
     def _maybe_probe(self) -> float:
         """Probe origin if it is time to; returns the seconds until the next check."""
-        if not self.probes_allowed() or self.remote_configured is not True or self.probe_child is not None:
-            return self.probe_interval  # nowhere to probe (yet), or a probe is under way
+        if self.remote_configured is False:
+            return max(self.interval, self.probe_interval)  # no origin: only a round can tell us it appeared
+        if not self.probes_allowed() or self.remote_configured is None or self.probe_child is not None:
+            return self.probe_interval  # nowhere to probe yet, or a probe is under way
         if self.active:
             return 0.25  # a round fetches anyway; its fetch moves the next probe
         now = time.monotonic()
