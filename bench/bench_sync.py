@@ -1,6 +1,8 @@
-"""Benchmark: one sync round that merges 10,000 remote events (target: <= 2 s).
+"""Benchmarks of git sync: a 10,000-event merge, and delivery across two clones.
 
-    python3 bench/bench_sync.py [--events N] [--json]
+    python3 bench/bench_sync.py [--row sync_merge_10k|cross_clone_delivery|all] [--events N] [--json]
+
+Row `sync_merge_10k` (target: <= 2 s):
 
 Sets up, in a temp dir: a bare remote, a clone with a running daemon, and a second
 writer that pushes N events to `a-sync` (the Go fixture's 10,000 messages plus its
@@ -10,14 +12,27 @@ authors), while the clone has ten unpushed messages of its own. Then it times
 two-parent commit and the push -- and a second round after 100 more remote
 events, to show that a round costs O(new events), not O(history).
 
-`run()` returns the numbers as a dict, for bench/bench.py.
+Row `cross_clone_delivery` (targets: p50 <= 2 s, p95 <= 5 s): a bare remote and two
+clones, A (alice) and B (bob), each with its daemon at default settings. Twenty
+messages, alternating A->B and B->A, each sent after a random pause while the
+recipient's clone has a blocked waiter (`push.wait_for_message`, the code of
+`thrum wait` and MCP `wait_for_message`). Measured per message: send -> pushed (the
+sender's `sync.status` has no uncommitted or unpushed events), send -> visible
+(`message.get` on the recipient's daemon succeeds; both polled every 20 ms) and
+send -> the waiter returns it. Probes and fetches per minute come from `sync.status`
+(`probes_last_hour`, `fetches_last_hour`): while the messages flow (active), and over
+a minute with both daemons restarted and nobody using them (idle).
+
+`run()` and `run_cross_clone()` return the numbers as dicts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -30,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("THRUM_SHARED_DIR") or ROOT.parent / "shared")
 FIXTURE = SHARED / "fixtures" / "thrum-go-v0.4-fixture.tar.gz"
 TARGET_S = 2.0
+CROSS_P50_S, CROSS_P95_S = 2.0, 5.0
 
 
 def _git(cwd, *args, env) -> str:
@@ -109,29 +125,39 @@ def _send(socket_path: str, n: int) -> None:
             client.call("message.send", {"content": f"local {i}", "caller_agent_id": "reader"})
 
 
-def run(events: int = 10_000, use_fixture: bool = True, keep: bool = False) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="thrum-bench-sync-"))
+def _bench_env(tmp: Path, sync_settings: dict) -> dict:
     home = tmp / "home"
     home.mkdir()
     (home / ".gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.com\n"
                                      "[init]\n\tdefaultBranch = main\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("THRUM_", "GIT_"))}
     env.update({"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
-                "PYTHONPATH": str(ROOT), "THRUM_SYNC_INTERVAL": "3600", "THRUM_SYNC_DEBOUNCE": "0"})
+                "PYTHONPATH": str(ROOT), **sync_settings})
     if os.environ.get("THRUM_DEBUG"):  # per-step timings in the daemon log (with --keep)
         env["THRUM_DEBUG"] = os.environ["THRUM_DEBUG"]
+    return env
+
+
+def _bare_remote(tmp: Path, env: dict) -> Path:
+    remote = tmp / "remote.git"
+    _git(tmp, "init", "-q", "--bare", str(remote), env=env)
+    seed = tmp / "seed"
+    seed.mkdir()
+    _git(seed, "init", "-q", env=env)
+    (seed / "README").write_text("bench\n")
+    _git(seed, "add", "README", env=env)
+    _git(seed, "commit", "-q", "-m", "seed", env=env)
+    _git(seed, "push", "-q", str(remote), "main", env=env)
+    return remote
+
+
+def run(events: int = 10_000, use_fixture: bool = True, keep: bool = False) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="thrum-bench-sync-"))
+    env = _bench_env(tmp, {"THRUM_SYNC_INTERVAL": "3600", "THRUM_SYNC_DEBOUNCE": "0",
+                           "THRUM_SYNC_PROBE_INTERVAL": "0"})
     reader = tmp / "reader"
     try:
-        remote = tmp / "remote.git"
-        _git(tmp, "init", "-q", "--bare", str(remote), env=env)
-        seed = tmp / "seed"
-        seed.mkdir()
-        _git(seed, "init", "-q", env=env)
-        (seed / "README").write_text("bench\n")
-        _git(seed, "add", "README", env=env)
-        _git(seed, "commit", "-q", "-m", "seed", env=env)
-        _git(seed, "push", "-q", str(remote), "main", env=env)
-
+        remote = _bare_remote(tmp, env)
         _git(tmp, "clone", "-q", str(remote), str(reader), env=env)
         _thrum(reader, "init", env=env)
         _thrum(reader, "daemon", "start", env=env)
@@ -173,24 +199,194 @@ def run(events: int = 10_000, use_fixture: bool = True, keep: bool = False) -> d
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- cross_clone_delivery -------------------------------------------------------------------------
+
+def _percentile(values: list[float], pct: float) -> float:
+    """Nearest rank: the smallest value with at least pct % of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _status(sock: str) -> dict:
+    from thrum.rpc import Client
+
+    with Client(sock, timeout=30) as client:
+        return client.call("sync.status")  # a quiet look: it does not make the clone active
+
+
+def _counts(socks: list[str]) -> list[tuple[int, int]]:
+    return [(s["probes_last_hour"], s["fetches_last_hour"]) for s in map(_status, socks)]
+
+
+def _per_minute(before: list[tuple[int, int]], after: list[tuple[int, int]], seconds: float) -> tuple[float, float]:
+    """The busiest clone's probes and fetches per minute over `seconds`."""
+    probes = max(a[0] - b[0] for a, b in zip(after, before))
+    fetches = max(a[1] - b[1] for a, b in zip(after, before))
+    return round(probes * 60 / seconds, 1), round(fetches * 60 / seconds, 1)
+
+
+def _deliver_one(send_sock: str, sender: str, recv_sock: str, recipient: str,
+                 text: str) -> tuple[float, float, float]:
+    """Send one message; seconds until it is pushed, visible on the other clone, and returned by the waiter there."""
+    import threading
+
+    from thrum.push import wait_for_message
+    from thrum.rpc import Client, RPCError
+
+    listening = threading.Event()
+    returned: dict = {}
+
+    def waiter() -> None:
+        with Client(recv_sock, timeout=120) as client:
+            msg = wait_for_message(client, recipient, {"inbox": True}, 60.0, on_listening=lambda _: listening.set())
+            returned["at"] = time.perf_counter()
+            returned["message_id"] = (msg or {}).get("message_id")
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    if not listening.wait(30):
+        raise RuntimeError("the waiter did not subscribe")
+    with Client(send_sock, timeout=30) as client:
+        t0 = time.perf_counter()
+        mid = client.call("message.send", {"content": text, "mentions": [f"@{recipient}"],
+                                           "caller_agent_id": sender})["message_id"]
+    visible = pushed = None
+    with Client(recv_sock, timeout=30) as receiver, Client(send_sock, timeout=30) as sender_client:
+        deadline = t0 + 60
+        while time.perf_counter() < deadline and (visible is None or pushed is None):
+            if pushed is None:  # the sender's round committed and pushed it (sync.status is a quiet look)
+                s = sender_client.call("sync.status")
+                if s["uncommitted_events"] == 0 and s["unpushed_events"] == 0:
+                    pushed = time.perf_counter() - t0
+            if visible is None:
+                try:
+                    receiver.call("message.get", {"message_id": mid, "caller_agent_id": recipient})
+                    visible = time.perf_counter() - t0
+                except RPCError:
+                    pass
+            time.sleep(0.02)
+    thread.join(65)
+    if visible is None or pushed is None or returned.get("message_id") != mid:
+        raise RuntimeError(f"message {mid} did not arrive within 60 s (waiter got {returned.get('message_id')})")
+    return pushed, visible, returned["at"] - t0
+
+
+def run_cross_clone(messages: int = 20, idle_seconds: float = 60.0, seed: int = 14, keep: bool = False) -> dict:
+    sys.path.insert(0, str(ROOT))
+    tmp = Path(tempfile.mkdtemp(prefix="thrum-bench-cross-"))
+    env = _bench_env(tmp, {"THRUM_WS_PORT": "0"})  # default sync settings: that is what is measured
+    clones = [tmp / "a", tmp / "b"]
+    socks = [str(c / ".thrum" / "var" / "thrum.sock") for c in clones]
+    names = ["alice", "bob"]
+    try:
+        remote = _bare_remote(tmp, env)
+        for clone, name in zip(clones, names):
+            _git(tmp, "clone", "-q", str(remote), str(clone), env=env)
+            _thrum(clone, "init", env=env)
+            _thrum(clone, "daemon", "start", env=env)
+            _thrum(clone, "quickstart", "--name", name, "--role", "bench", "--module", "sync", env=env)
+            _force(socks[clones.index(clone)])
+        _force(socks[0])  # both agents are known on both clones
+        rng = random.Random(seed)
+        pushed, visible, waited = [], [], []
+        before, started = _counts(socks), time.perf_counter()
+        for i in range(messages):
+            s, r = (0, 1) if i % 2 == 0 else (1, 0)
+            time.sleep(rng.uniform(0, 2.5))  # the send lands anywhere in the other clone's probe cycle
+            p, v, w = _deliver_one(socks[s], names[s], socks[r], names[r], f"cross-clone {i}")
+            pushed.append(p)
+            visible.append(v)
+            waited.append(w)
+        active_seconds = time.perf_counter() - started
+        probes_active, fetches_active = _per_minute(before, _counts(socks), active_seconds)
+
+        # Idle: fresh daemons that nobody uses (only quiet sync.status looks).
+        for clone in clones:
+            _thrum(clone, "daemon", "stop", env=env)
+            _thrum(clone, "daemon", "start", env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the start-up round has fetched
+            states = [_status(s) for s in socks]
+            if all(st["fetches_last_hour"] >= 1 and not st["in_progress"] for st in states):
+                break
+            time.sleep(0.2)
+        before, started = _counts(socks), time.perf_counter()
+        modes = set()
+        while time.perf_counter() - started < idle_seconds:
+            modes |= {_status(s)["mode"] for s in socks}
+            time.sleep(min(5.0, max(0.0, idle_seconds - (time.perf_counter() - started))))
+        probes_idle, fetches_idle = _per_minute(before, _counts(socks), time.perf_counter() - started)
+        for clone in clones:
+            _thrum(clone, "daemon", "stop", env=env)
+        p50_v, p95_v = _percentile(visible, 50), _percentile(visible, 95)
+        p50_w, p95_w = _percentile(waited, 50), _percentile(waited, 95)
+        return {
+            "messages": messages,
+            "pushed_p50_s": round(_percentile(pushed, 50), 3), "pushed_p95_s": round(_percentile(pushed, 95), 3),
+            "visible_p50_s": round(p50_v, 3), "visible_p95_s": round(p95_v, 3), "visible_max_s": round(max(visible), 3),
+            "wait_p50_s": round(p50_w, 3), "wait_p95_s": round(p95_w, 3), "wait_max_s": round(max(waited), 3),
+            "probes_per_min_active": probes_active, "fetches_per_min_active": fetches_active,
+            "probes_per_min_idle": probes_idle, "fetches_per_min_idle": fetches_idle,
+            "idle_modes": sorted(modes), "idle_seconds": idle_seconds,
+            "target_p50_s": CROSS_P50_S, "target_p95_s": CROSS_P95_S,
+            "meets_target": max(p50_v, p50_w) <= CROSS_P50_S and max(p95_v, p95_w) <= CROSS_P95_S,
+        }
+    finally:
+        for clone in clones:
+            if (clone / ".thrum" / "var" / "thrum.sock").exists():
+                subprocess.run([sys.executable, "-m", "thrum", "daemon", "stop"], cwd=clone, env=env,
+                               capture_output=True, timeout=60)
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_merge(r: dict) -> None:
+    print(f"sync merge of {r['merge_pulled']} remote events ({r['source']}; {r['merge_pushed']} local events "
+          f"pushed in the same round): {r['merge_wall_s']:.2f} s "
+          f"(round {r['merge_round_s']:.2f} s; target <= {TARGET_S:g} s: "
+          f"{'ok' if r['meets_target'] else 'MISSED'})")
+    print(f"next round, 100 new remote events: {r['incremental_wall_s']:.3f} s, "
+          f"{r['incremental_examined']} lines examined, {r['incremental_pulled']} pulled")
+
+
+def _print_cross(r: dict) -> None:
+    print(f"cross_clone_delivery ({r['messages']} messages, both directions, default settings; "
+          f"targets p50 <= {CROSS_P50_S:g} s, p95 <= {CROSS_P95_S:g} s: {'ok' if r['meets_target'] else 'MISSED'})")
+    print(f"  send -> pushed:      p50 {r['pushed_p50_s']:.2f} s, p95 {r['pushed_p95_s']:.2f} s (sender's round)")
+    print(f"  send -> visible:     p50 {r['visible_p50_s']:.2f} s, p95 {r['visible_p95_s']:.2f} s, "
+          f"max {r['visible_max_s']:.2f} s")
+    print(f"  send -> wait return: p50 {r['wait_p50_s']:.2f} s, p95 {r['wait_p95_s']:.2f} s, "
+          f"max {r['wait_max_s']:.2f} s")
+    print(f"  per clone and minute: active {r['probes_per_min_active']:g} probes, "
+          f"{r['fetches_per_min_active']:g} fetches; idle ({', '.join(r['idle_modes'])}) "
+          f"{r['probes_per_min_idle']:g} probes, {r['fetches_per_min_idle']:g} fetches")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--row", choices=["sync_merge_10k", "cross_clone_delivery", "all"], default="all")
     ap.add_argument("--events", type=int, default=10_000, help="synthetic events when the fixture is absent")
     ap.add_argument("--synthetic", action="store_true", help="do not use the Go fixture")
+    ap.add_argument("--messages", type=int, default=20, help="cross_clone_delivery: messages sent")
+    ap.add_argument("--idle-seconds", type=float, default=60.0, help="cross_clone_delivery: idle measurement")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (the daemon log is in reader/.thrum/var/)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs are in .thrum/var/)")
     args = ap.parse_args(argv)
-    r = run(args.events, use_fixture=not args.synthetic, keep=args.keep)
+    results, ok = {}, True
+    if args.row in ("sync_merge_10k", "all"):
+        r = results["sync_merge_10k"] = run(args.events, use_fixture=not args.synthetic, keep=args.keep)
+        ok = ok and r["meets_target"] and r["merge_ok"]
+        if not args.json:
+            _print_merge(r)
+    if args.row in ("cross_clone_delivery", "all"):
+        r = results["cross_clone_delivery"] = run_cross_clone(args.messages, args.idle_seconds, keep=args.keep)
+        ok = ok and r["meets_target"]
+        if not args.json:
+            _print_cross(r)
     if args.json:
-        print(json.dumps(r, indent=2))
-    else:
-        print(f"sync merge of {r['merge_pulled']} remote events ({r['source']}; {r['merge_pushed']} local events "
-              f"pushed in the same round): {r['merge_wall_s']:.2f} s "
-              f"(round {r['merge_round_s']:.2f} s; target <= {TARGET_S:g} s: "
-              f"{'ok' if r['meets_target'] else 'MISSED'})")
-        print(f"next round, 100 new remote events: {r['incremental_wall_s']:.3f} s, "
-              f"{r['incremental_examined']} lines examined, {r['incremental_pulled']} pulled")
-    return 0 if r["meets_target"] and r["merge_ok"] else 1
+        print(json.dumps(results, indent=2))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Rounds are driven with `thrum sync force` (it waits for a round that starts after
 it is asked for), never with timers: every daemon here runs with a one-hour
-interval and no write debounce, so only forced rounds (and the one at start-up,
-which a forced round always waits behind) touch git.
+interval, no write debounce and no probing of the remote, so only forced rounds
+(and the one at start-up, which a forced round always waits behind) touch git.
+Probing at default settings is tested in tests/test_cross_clone.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def sync_env(env) -> dict:
     e = dict(env)
     e["THRUM_SYNC_INTERVAL"] = "3600"
     e["THRUM_SYNC_DEBOUNCE"] = "0"
+    e["THRUM_SYNC_PROBE_INTERVAL"] = "0"
     return e
 
 

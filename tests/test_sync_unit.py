@@ -104,3 +104,153 @@ def test_deferred_delivers_once_whenever_it_is_bound():
     late.fail(err)
     late.resolve({"y": 1})
     assert got == [(True, {"x": 1}), (False, err)]
+
+
+# -- probing origin while the clone is active (no git, no sockets: a fake loop and daemon) --------
+
+def test_parse_ls_remote_takes_exactly_the_sync_ref():
+    out = b"1" * 40 + b"\trefs/heads/a-sync-old\n" + b"2" * 40 + b"\trefs/heads/a-sync\n"
+    assert sync.parse_ls_remote(out) == "2" * 40
+    assert sync.parse_ls_remote(b"") == ""
+
+
+def test_recent_counter_counts_the_last_hour_only(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(sync.time, "monotonic", lambda: clock[0])
+    counter = sync._RecentCounter()
+    assert counter.count() == 0 and counter.last_at() == ""
+    counter.note()
+    clock[0] += 1800
+    counter.note()
+    assert counter.count() == 2 and counter.last_at()
+    clock[0] += 1801
+    assert counter.count() == 1
+
+
+def test_probe_settings(monkeypatch, tmp_path):
+    config = str(tmp_path / "config.json")
+    monkeypatch.setenv("THRUM_SYNC_PROBE_INTERVAL", "0.5")
+    assert sync._probe_interval_setting(config) == sync.MIN_PROBE_INTERVAL  # never more often than every 2 s
+    monkeypatch.setenv("THRUM_SYNC_PROBE_INTERVAL", "0")
+    assert sync._probe_interval_setting(config) == 0
+    monkeypatch.delenv("THRUM_SYNC_PROBE_INTERVAL")
+    (tmp_path / "config.json").write_text('{"daemon": {"sync_probe_interval": 5, "sync_active_window": 30}}')
+    assert sync._probe_interval_setting(config) == 5 and sync._active_window_setting(config) == 30
+    (tmp_path / "config.json").write_text("{}")
+    assert sync._probe_interval_setting(config) == 2 and sync._active_window_setting(config) == 120
+    assert sync._debounce_setting(config) == 0.25
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.spawned: list = []
+
+    def call_later(self, delay, fn, *args):
+        return [delay, fn]
+
+    def cancel(self, entry) -> None:
+        pass
+
+    def call_soon(self, fn, *args) -> None:
+        fn(*args)
+
+    def spawn(self, argv, on_done, **kw):
+        self.spawned.append((argv, on_done))
+        return object()
+
+
+class _FakePush:
+    def __init__(self) -> None:
+        self.reason = ""
+
+    def activity(self) -> str:
+        return self.reason
+
+
+def _probing_loop(tmp_path, **kw) -> sync.SyncLoop:
+    from types import SimpleNamespace
+
+    loop = sync.SyncLoop(SimpleNamespace(var=str(tmp_path), config=str(tmp_path / "config.json")))
+    loop.daemon = SimpleNamespace(loop=_FakeLoop(), push=_FakePush())
+    loop.env = SimpleNamespace(sync_dir=str(tmp_path))
+    loop.running, loop.remote_configured = True, True
+    loop.requested = 0
+
+    def request(waiter=None):
+        loop.requested += 1
+    loop.request = request
+    for k, v in kw.items():
+        setattr(loop, k, v)
+    return loop
+
+
+def test_an_idle_clone_does_not_probe_an_active_one_does_once_per_interval(tmp_path):
+    loop = _probing_loop(tmp_path)
+    fake = loop.daemon.loop
+    assert loop.mode() == "idle" and loop._maybe_probe() == loop.probe_interval and fake.spawned == []
+    loop.daemon.push.reason = "waiter"
+    assert loop.mode() == "active" and loop.activity() == "waiter"
+    loop._maybe_probe()
+    assert len(fake.spawned) == 1 and "ls-remote" in fake.spawned[0][0]
+    loop._maybe_probe()  # one probe at a time
+    assert len(fake.spawned) == 1
+    fake.spawned[0][1](0, b"", b"")
+    wait = loop._maybe_probe()  # too soon after the last one
+    assert len(fake.spawned) == 1 and 0 < wait <= loop.probe_interval
+    assert loop.probes.count() == 1
+
+
+def test_only_a_moved_ref_starts_a_round(tmp_path):
+    loop = _probing_loop(tmp_path, state={"version": 1, "remote_head": "a" * 40})
+    loop._probe_done(0, b"a" * 40 + b"\trefs/heads/a-sync\n", b"")
+    assert loop.requested == 0
+    loop._probe_done(0, b"b" * 40 + b"\trefs/heads/a-sync\n", b"")
+    assert loop.requested == 1
+
+
+def test_failed_probes_back_off_and_report(tmp_path):
+    loop = _probing_loop(tmp_path)
+    loop.daemon.push.reason = "web_ui"
+    loop._maybe_probe()
+    loop.daemon.loop.spawned[0][1](-9, b"", b"")
+    assert loop.probe_error == "timed out" and loop._probe_status()["last_probe_error"] == "timed out"
+    wait = loop._maybe_probe()
+    assert len(loop.daemon.loop.spawned) == 1 and wait > loop.probe_interval  # backing off
+    loop.last_probe_started -= 10
+    loop._maybe_probe()
+    loop.daemon.loop.spawned[1][1](0, b"", b"")
+    assert loop.probe_error == "" and "last_probe_error" not in loop._probe_status()
+
+
+def test_requests_make_a_clone_active_but_looking_at_it_does_not(tmp_path):
+    loop = _probing_loop(tmp_path)
+    loop._on_request("health", None)
+    loop._on_request("sync.status", None)
+    assert loop.activity() == ""
+    loop._on_request("message.list", None)
+    assert loop.activity() == "requests"
+    loop.last_request_at -= loop.active_window + 1
+    assert loop.mode() == "idle"
+
+
+def test_local_only_and_remote_less_clones_never_probe(tmp_path):
+    loop = _probing_loop(tmp_path, local_only=True)
+    loop.daemon.push.reason = "waiter"
+    assert loop.mode() == "local" and not loop.probes_allowed()
+    loop = _probing_loop(tmp_path, remote_configured=False)
+    loop.daemon.push.reason = "waiter"
+    loop._maybe_probe()
+    assert loop.mode() == "local" and loop.daemon.loop.spawned == []
+
+
+def test_rounds_after_writes_are_spaced_by_their_own_cost(tmp_path):
+    loop = _probing_loop(tmp_path)
+    loop.ended_at = sync.time.monotonic()
+    loop.last_result = {"duration_ms": 50}
+    assert loop.write_delay() == loop.debounce  # a cheap round: the write goes out after the debounce
+    loop.last_result = {"duration_ms": 2000}
+    assert 5.9 < loop.write_delay() <= 6.0  # a 2 s round (a big log): the next starts 6 s after it
+    loop.ended_at -= 60
+    assert loop.write_delay() == loop.debounce  # a lone write after a quiet spell
+    loop.write_round_at = sync.time.monotonic()
+    assert loop.write_delay() > sync.WRITE_ROUND_SPACING - 0.1  # a stream: at most one round a second

@@ -798,7 +798,8 @@ def cmd_config_show(ctx: Ctx) -> int:
     st = daemon_status(paths)
     overrides = [{"env_var": k, "value": os.environ[k]} for k in (
         "THRUM_NAME", "THRUM_ROLE", "THRUM_MODULE", "THRUM_SOCKET", "THRUM_WS_PORT", "THRUM_LOCAL",
-        "THRUM_SYNC_INTERVAL", "THRUM_HOSTNAME") if os.environ.get(k)]
+        "THRUM_SYNC_INTERVAL", "THRUM_SYNC_DEBOUNCE", "THRUM_SYNC_PROBE_INTERVAL", "THRUM_SYNC_ACTIVE_WINDOW",
+        "THRUM_HOSTNAME") if os.environ.get(k)]
     data = {"config_file": paths.config,
             "runtime": {"primary": s.runtime or "cli-only", "source": "config.json" if s.runtime else "default"},
             "daemon": {"local_only": {"value": s.local_only, "source": s.local_only_source},
@@ -1937,7 +1938,8 @@ def cmd_status(ctx: Ctx) -> int:
                 lines.append(f"Context:  {c['size']} bytes (updated {ago(c.get('updated_at', ''))})")
         if "inbox" in d:
             lines.append(f"Inbox:    {d['inbox']['total']} messages ({d['inbox']['unread']} unread)")
-        lines.append(f"Sync:     {h.get('sync_state', 'unknown')}")
+        mode = f" ({h['sync_mode']})" if h.get("sync_mode") else ""
+        lines.append(f"Sync:     {h.get('sync_state', 'unknown')}{mode}")
         lines.append(f"Daemon:   running ({duration_text(h['uptime_ms'])} uptime, v{h['version']})")
         if d.get("websocket_port"):
             lines.append(f"WebSocket: ws://127.0.0.1:{d['websocket_port']}/ws")
@@ -1987,8 +1989,35 @@ def _sync_lines(s: dict, indent: str = "") -> list[str]:
                      f"{s.get('behind', 0)}; {s.get('unpushed_events', 0)} event(s) not pushed)")
     if s.get("last_error"):
         lines.append(f"{indent}Last error: {s['last_error']}")
+    if s.get("mode"):
+        lines += _probe_lines(s, indent)
     if s.get("bad_remote_lines"):
         lines.append(f"{indent}Bad lines:  {s['bad_remote_lines']} unparseable remote line(s) kept in the log")
+    return lines
+
+
+_ACTIVE_BECAUSE = {"waiter": "a waiter is blocked", "web_ui": "the web UI is open", "requests": "recent requests"}
+
+
+def _probe_text(mode: str, because: str, probe_interval, interval) -> str:
+    if mode == "active":
+        return (f"active ({_ACTIVE_BECAUSE.get(because, because)}): origin checked every "
+                f"{probe_interval:g} s, fetched when it moved")
+    if mode == "idle":
+        return f"idle: origin fetched every {interval:g} s (checked every few seconds once this clone is used)"
+    return "none (local-only or no origin)"
+
+
+def _probe_lines(s: dict, indent: str) -> list[str]:
+    """Which sync mode the clone is in, and what it cost (sync.status' mode and counts)."""
+    text = _probe_text(s["mode"], s.get("active_because", ""), s.get("probe_interval", 0), s.get("interval", 60))
+    last = ", ".join(f"last {what} {ago(at) if at else 'never'}"
+                     for what, at in (("probe", s.get("last_probe_at")), ("fetch", s.get("last_fetch_at"))))
+    lines = [f"{indent}Probing:    {text}",
+             f"{indent}            {last}; in the last hour {s.get('probes_last_hour', 0)} probe(s), "
+             f"{s.get('fetches_last_hour', 0)} fetch(es)"]
+    if s.get("last_probe_error"):
+        lines.append(f"{indent}Probe error: {s['last_probe_error']}")
     return lines
 
 

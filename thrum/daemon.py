@@ -418,6 +418,7 @@ class Daemon:
         self.service = None
         self.stopping = False
         self.event_listeners = []  # callables(list of committed events)
+        self.request_listeners = []  # callables(method, ctx) told of each request before it runs (sync: activity)
         self._maintenance = None
         self.components = []       # objects with start() / stop() (sync loop, WebSocket server)
 
@@ -665,6 +666,8 @@ class Daemon:
         except ThrumError as err:
             return encode_error(request_id_of(err), err), False
         ctx = conn.ctx
+        for listener in self.request_listeners:
+            listener(req.method, ctx)
         method = None
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)

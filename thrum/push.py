@@ -209,6 +209,15 @@ class Push:
     def forget(self, conn) -> None:
         self.listeners.pop(id(conn), None)
 
+    def activity(self) -> str:
+        """Whether someone is listening now (the sync loop probes the remote meanwhile): "waiter", "web_ui" or ""."""
+        listeners = self.listeners.values()
+        if any(lst.follow_ctx for lst in listeners):
+            return "web_ui"  # an open WebSocket (the web UI, which also holds a temporary subscription)
+        if any(lst.temps for lst in listeners):
+            return "waiter"  # thrum wait, MCP wait_for_message, a hook's idle waiter
+        return ""
+
     def attach(self, conn, agent_id: str, events: bool = True) -> None:
         lst = self.listen(conn)
         lst.agent = agent_id

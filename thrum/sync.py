@@ -270,6 +270,7 @@ import json
 import logging
 import re
 import time
+from collections import deque
 
 log = logging.getLogger("thrum.sync")
 
@@ -283,7 +284,15 @@ PUSH_ATTEMPTS = 5          # a rejected push is retried from the fetch this many
 WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop serves requests between)
 BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
 DEFAULT_INTERVAL = 60
-DEFAULT_DEBOUNCE = 2.0     # seconds from the first unsynced local write to a round
+DEFAULT_DEBOUNCE = 0.25    # seconds from the first unsynced local write to a round (then pushed in ~0.5 s)
+WRITE_ROUND_SPACING = 1.0  # under a stream of writes, at most one round for them per second
+# While someone uses this clone, `git ls-remote` (one round trip) asks origin every few seconds
+# whether a-sync moved, and only a change costs a round (a fetch); otherwise the interval applies.
+DEFAULT_PROBE_INTERVAL = 2.0
+MIN_PROBE_INTERVAL = 2.0   # settings cannot probe a remote more often than this
+DEFAULT_ACTIVE_WINDOW = 120.0  # a request keeps the clone active this long
+PROBE_TIMEOUT = min(FETCH_TIMEOUT, 15.0)  # an answer later than this is no use to a fast probe
+QUIET_METHODS = frozenset({"health", "sync.status"})  # looking at the daemon is not using it
 MAX_GIT_OUTPUT = 1 << 30   # cat-file of remote log files is the only large output
 GC_EVERY = 100             # commits of ours between two `git gc --auto` (git's own thresholds decide)
 _LOG_PATH = re.compile(r"^(events\.jsonl|messages/[A-Za-z0-9_-]+\.jsonl)$")
@@ -874,22 +883,75 @@ def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
     return rnd.result
 
 
-def _debounce_setting(config_path: str) -> float:
-    """THRUM_SYNC_DEBOUNCE (seconds, 0 = off) > daemon.sync_debounce in config.json > 2 s."""
+def _seconds_setting(config_path: str, env_name: str, key: str, default: float) -> float:
+    """A duration in seconds: the environment variable > "daemon": {key} in config.json > default."""
     from thrum.config import load_config
 
-    raw = os.environ.get("THRUM_SYNC_DEBOUNCE")
+    raw = os.environ.get(env_name)
     if raw is None:
         daemon = load_config(config_path).get("daemon")
-        raw = daemon.get("sync_debounce") if isinstance(daemon, dict) else None
+        raw = daemon.get(key) if isinstance(daemon, dict) else None
     if raw is None:
-        return DEFAULT_DEBOUNCE
+        return default
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        log.warning("ignoring invalid sync debounce %r", raw)
-        return DEFAULT_DEBOUNCE
+        log.warning("ignoring invalid %s %r", key, raw)
+        return default
     return max(0.0, value)
+
+
+def _debounce_setting(config_path: str) -> float:
+    """THRUM_SYNC_DEBOUNCE (seconds, 0 = off) > daemon.sync_debounce in config.json > 0.25 s."""
+    return _seconds_setting(config_path, "THRUM_SYNC_DEBOUNCE", "sync_debounce", DEFAULT_DEBOUNCE)
+
+
+def _probe_interval_setting(config_path: str) -> float:
+    """THRUM_SYNC_PROBE_INTERVAL > daemon.sync_probe_interval > 2 s; 0 = never probe, else at least 2 s."""
+    value = _seconds_setting(config_path, "THRUM_SYNC_PROBE_INTERVAL", "sync_probe_interval",
+                             DEFAULT_PROBE_INTERVAL)
+    return 0.0 if value == 0 else max(MIN_PROBE_INTERVAL, value)
+
+
+def _active_window_setting(config_path: str) -> float:
+    """THRUM_SYNC_ACTIVE_WINDOW > daemon.sync_active_window > 120 s."""
+    return _seconds_setting(config_path, "THRUM_SYNC_ACTIVE_WINDOW", "sync_active_window", DEFAULT_ACTIVE_WINDOW)
+
+
+def parse_ls_remote(out: bytes, ref: str = SYNC_REF) -> str:
+    """The sha `git ls-remote` reports for exactly `ref`, or "" when the remote does not have it."""
+    for line in out.decode("utf-8", "replace").splitlines():
+        sha, _, name = line.partition("\t")
+        if name.strip() == ref:
+            return sha.strip()
+    return ""
+
+
+class _RecentCounter:
+    """Times of something over the last hour (probes, fetches): how many, and the latest."""
+
+    __slots__ = ("times", "last_wall")
+
+    def __init__(self) -> None:
+        self.times: deque = deque()   # monotonic
+        self.last_wall = 0.0          # epoch of the latest, for status
+
+    def note(self) -> None:
+        self.times.append(time.monotonic())
+        self.last_wall = time.time()
+        self._prune()
+
+    def count(self) -> int:
+        self._prune()
+        return len(self.times)
+
+    def last_at(self) -> str:
+        return _local_offset_time(self.last_wall) if self.last_wall else ""
+
+    def _prune(self) -> None:
+        horizon = time.monotonic() - 3600
+        while self.times and self.times[0] < horizon:
+            self.times.popleft()
 
 
 class SyncLoop:
@@ -931,7 +993,21 @@ class SyncLoop:
         self.failures = 0
         self.rounds = 0
         self.started_at = 0.0
+        self.ended_at = 0.0       # monotonic end of the last round
+        self.write_round_at = 0.0  # monotonic start of the last round started for local writes
         self.last_result: dict = {}
+        # probing origin while the clone is active (see DEFAULT_PROBE_INTERVAL)
+        self.probe_interval = DEFAULT_PROBE_INTERVAL
+        self.active_window = DEFAULT_ACTIVE_WINDOW
+        self.probe_timer = None
+        self.probe_child = None
+        self.probe_failures = 0
+        self.probe_error = ""
+        self.last_probe_started = 0.0   # monotonic
+        self.last_fetch_started = 0.0   # monotonic
+        self.last_request_at = 0.0      # monotonic: the last request that was not a QUIET_METHODS look
+        self.probes = _RecentCounter()
+        self.fetches = _RecentCounter()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -943,6 +1019,8 @@ class SyncLoop:
         self.local_only = settings.local_only
         self.interval = settings.sync_interval
         self.debounce = _debounce_setting(self.paths.config)
+        self.probe_interval = _probe_interval_setting(self.paths.config)
+        self.active_window = _active_window_setting(self.paths.config)
         self.state = load_state(self.state_path)
         self.env = RoundEnv(daemon.store, daemon.sync_dir, self.paths.var, local_only=self.local_only)
         self.lock_fd = os.open(os.path.join(self.paths.var, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -953,22 +1031,28 @@ class SyncLoop:
         registry = daemon.service.registry
         registry.add("sync.force", self.rpc_force)
         registry.add("sync.status", self.rpc_status)
-        daemon.service.sync_status = lambda: {"sync_state": self.sync_state()}  # health
+        daemon.service.sync_status = self.health_fields
         daemon.service.sync_details = self.status  # everything sync.status says (notification.sync)
         daemon.event_listeners.append(self._on_events)
+        listeners = getattr(daemon, "request_listeners", None)
+        if listeners is not None:
+            listeners.append(self._on_request)
         self.running = True
-        log.info("sync loop started (%s, every %ss, %s after writes)",
+        log.info("sync loop started (%s, every %ss, %s after writes, %s)",
                  "local-only" if self.local_only else "origin", self.interval,
-                 f"{self.debounce:g}s" if self.debounce else "not")
+                 f"{self.debounce:g}s" if self.debounce else "not",
+                 f"probing every {self.probe_interval:g}s while active" if self.probes_allowed() else "no probing")
         daemon.loop.call_soon(self.request)  # catch up with what others pushed while we were down
+        if self.probes_allowed():
+            self.probe_timer = daemon.loop.call_later(self.probe_interval, self._probe_tick)
 
     def stop(self) -> None:
         self.running = False
-        for handle in (self.timer, self.debounce_timer):
+        for handle in (self.timer, self.debounce_timer, self.probe_timer):
             if handle is not None:
                 self.daemon.loop.cancel(handle)
-        self.timer = self.debounce_timer = None
-        for child in [*self.children, self.gc_child]:
+        self.timer = self.debounce_timer = self.probe_timer = None
+        for child in [*self.children, self.gc_child, self.probe_child]:
             if child is not None and not child.done:
                 child.kill()  # every git step is safe to interrupt: refs move atomically or not at all
                 try:
@@ -976,7 +1060,7 @@ class SyncLoop:
                 except subprocess.TimeoutExpired:
                     pass
         self.children.clear()
-        self.gc_child = self.batch = None
+        self.gc_child = self.batch = self.probe_child = None
         if self.gen is not None:
             self.gen.close()
             self.gen = None
@@ -1016,15 +1100,127 @@ class SyncLoop:
         self.dirty += len(events)
         if (self.debounce > 0 and self.running and not self.active and self.debounce_timer is None
                 and self.failures == 0):
-            self.debounce_timer = self.daemon.loop.call_later(self.debounce, self._debounced)
+            self.debounce_timer = self.daemon.loop.call_later(self.write_delay(), self._debounced)
+
+    def write_delay(self) -> float:
+        """Seconds from now to the round that pushes a local write.
+
+        A write after a quiet spell waits `debounce`. Under a stream of writes the rounds
+        for them start at most once per WRITE_ROUND_SPACING, and no sooner than three times
+        the last round's length after it ended, so git (which hashes whole log files) gets
+        at most a quarter of the time on a big log.
+        """
+        now = time.monotonic()
+        last = self.last_result.get("duration_ms", 0) / 1000
+        return max(self.debounce, self.write_round_at + WRITE_ROUND_SPACING - now, 3 * last - (now - self.ended_at))
 
     def _debounced(self) -> None:
         self.debounce_timer = None
+        self.write_round_at = time.monotonic()
         self.request()
 
     def _tick(self) -> None:
         self.timer = None
         self.request()
+
+    # -- probing: is there something new on origin? ------------------------------------------
+    #
+    # While the clone is active (activity()), every probe_interval seconds one `git ls-remote`
+    # compares origin's a-sync with the head we last fetched or pushed; only a difference
+    # starts a round (and so a fetch). Probes never overlap a round or each other, wait for
+    # probe_interval after the last fetch, and back off when they or the rounds fail.
+
+    def probes_allowed(self) -> bool:
+        return not self.local_only and self.probe_interval > 0
+
+    def activity(self) -> str:
+        """Why this clone counts as active now: "waiter", "web_ui", "requests", or "" (idle)."""
+        push = getattr(self.daemon, "push", None)
+        reason = push.activity() if push is not None and hasattr(push, "activity") else ""
+        if reason:
+            return reason
+        if self.last_request_at and time.monotonic() - self.last_request_at < self.active_window:
+            return "requests"
+        return ""
+
+    def mode(self) -> str:
+        """active (probing) | idle (interval only) | local (local-only or no origin: never probes)."""
+        if self.local_only or self.remote_configured is False:
+            return "local"
+        if self.probe_interval > 0 and self.activity():
+            return "active"
+        return "idle"
+
+    def _on_request(self, method: str, ctx) -> None:
+        if method in QUIET_METHODS:
+            return
+        now = time.monotonic()
+        was_idle = not self.last_request_at or now - self.last_request_at >= self.active_window
+        self.last_request_at = now
+        if was_idle and self.probe_timer is not None:
+            self._schedule_probe(0)  # someone came back: look at origin now, not at the next check
+
+    def _schedule_probe(self, delay: float) -> None:
+        if self.probe_timer is not None:
+            self.daemon.loop.cancel(self.probe_timer)
+        self.probe_timer = self.daemon.loop.call_later(delay, self._probe_tick)
+
+    def _probe_tick(self) -> None:
+        self.probe_timer = None
+        if self.running:
+            self._schedule_probe(self._maybe_probe())
+
+    def _maybe_probe(self) -> float:
+        """Probe origin if it is time to; returns the seconds until the next check."""
+        if self.remote_configured is False:
+            return max(self.interval, self.probe_interval)  # no origin: only a round can tell us it appeared
+        if not self.probes_allowed() or self.remote_configured is None or self.probe_child is not None:
+            return self.probe_interval  # nowhere to probe yet, or a probe is under way
+        if self.active:
+            return 0.25  # a round fetches anyway; its fetch moves the next probe
+        now = time.monotonic()
+        due = max(self.last_probe_started, self.last_fetch_started) + self.probe_interval
+        if self.probe_failures:
+            due = self.last_probe_started + self._backoff(self.probe_failures)
+        if self.failures:
+            due = max(due, self.ended_at + self._backoff(self.failures))  # failing rounds rest; the interval retries
+        if now < due:
+            return due - now
+        if not self.activity():
+            return self.probe_interval
+        self.last_probe_started = now
+        self.probes.note()
+        try:
+            self.probe_child = self.daemon.loop.spawn(
+                git_argv(["ls-remote", "--quiet", REMOTE, SYNC_REF]), self._probe_done, cwd=self.env.sync_dir,
+                env=git_env(), timeout=PROBE_TIMEOUT, max_output=1 << 20)
+        except OSError as exc:
+            self._probe_failed(f"cannot run git: {exc}")
+        return self.probe_interval
+
+    def _backoff(self, failures: int) -> float:
+        return min(max(self.interval, self.probe_interval), self.probe_interval * 2 ** min(failures, 10))
+
+    def _probe_done(self, rc: int, out: bytes, err: bytes) -> None:
+        self.probe_child = None
+        if not self.running:
+            return
+        if rc != 0:
+            self._probe_failed("timed out" if rc == -9 else _first_line(err.decode("utf-8", "replace")))
+            return
+        self.probe_failures = 0
+        self.probe_error = ""
+        remote = parse_ls_remote(out)
+        known = self.state.get("remote_head", "")
+        if remote != known and (remote or known):
+            log.debug("probe: origin/%s is %s, we know %s: syncing", SYNC_BRANCH, remote[:12] or "gone",
+                      known[:12] or "nothing")
+            self.request()
+
+    def _probe_failed(self, error: str) -> None:
+        self.probe_failures += 1
+        self.probe_error = error
+        log.info("probe of origin/%s failed (%d in a row): %s", SYNC_BRANCH, self.probe_failures, error)
 
     # -- driving a round ---------------------------------------------------------------------
 
@@ -1095,7 +1291,10 @@ class SyncLoop:
                 # Let the loop answer requests between large merges.
                 self.daemon.loop.call_soon(self._advance, None)
                 return
-            if step.stage == "snapshot":
+            if step.stage == "fetch":
+                self.fetches.note()
+                self.last_fetch_started = time.monotonic()
+            elif step.stage == "snapshot":
                 self.dirty_snapshot = self.dirty
             elif step.stage == "committed":
                 self.dirty = max(0, self.dirty - self.dirty_snapshot)
@@ -1170,6 +1369,7 @@ class SyncLoop:
             self._unlock()
         self.active = False
         self.rounds += 1
+        self.ended_at = time.monotonic()
         result = dict(rnd.result) if rnd is not None else {"pulled": 0, "pushed": 0, "committed": 0}
         result["duration_ms"] = int((time.monotonic() - self.started_at) * 1000)
         result["ok"] = not error
@@ -1215,7 +1415,7 @@ class SyncLoop:
             return
         self.timer = loop.call_later(self.interval, self._tick)
         if self.dirty and self.debounce > 0 and not error:
-            self.debounce_timer = loop.call_later(self.debounce, self._debounced)
+            self.debounce_timer = loop.call_later(self.write_delay(), self._debounced)
 
     def _gc(self) -> None:
         """Each round writes whole-file blobs; let git pack them now and then (as `git commit` would)."""
@@ -1288,7 +1488,32 @@ class SyncLoop:
             out["last_error"] = st["last_error"]
         if st.get("last_round"):
             out["last_round"] = st["last_round"]
+        out.update(self._probe_status())
         return out
+
+    def _probe_status(self) -> dict:
+        mode = self.mode()
+        out = {
+            "mode": mode,
+            "active_because": self.activity() if mode == "active" else "",
+            "probe_interval": self.probe_interval if self.probes_allowed() else 0,
+            "active_window": self.active_window,
+            "last_probe_at": self.probes.last_at(),
+            "last_fetch_at": self.fetches.last_at(),
+            "probes_last_hour": self.probes.count(),
+            "fetches_last_hour": self.fetches.count(),
+        }
+        if self.probe_error:
+            out["last_probe_error"] = self.probe_error
+        return out
+
+    def health_fields(self) -> dict:
+        """What `health` says about sync: the state, and the probing mode and counts (sync_ prefixed)."""
+        probe = self._probe_status()
+        return {"sync_state": self.sync_state(), "sync_mode": probe["mode"],
+                "sync_last_probe_at": probe["last_probe_at"], "sync_last_fetch_at": probe["last_fetch_at"],
+                "sync_probes_last_hour": probe["probes_last_hour"],
+                "sync_fetches_last_hour": probe["fetches_last_hour"]}
 
     # -- RPC ------------------------------------------------------------------------------------
 
