@@ -138,6 +138,13 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
             out.add("events.jsonl", event("agent.session.end", t0 + 3 * 3600 * 10**9, session_id=sid,
                                           reason="normal"))
     members = {g: sorted(team.expand(g)) for g in GROUPS}
+    # How much each agent talks: Zipf-like (the busiest ~10% of all messages), in a shuffled order.
+    weights = [1 / (k + 1) ** 0.8 for k in range(len(team.agents))]
+    rng.shuffle(weights)
+    talk, acc = [], 0.0
+    for w in weights:
+        acc += w
+        talk.append(acc)
     recent: list[tuple[str, str, str]] = []  # (message_id, author, thread_id) of recent messages
     unread: dict[str, list[str]] = {a: [] for a in team.agents}
     batch_at = {a: rng.randint(3, 40) for a in team.agents}
@@ -146,7 +153,7 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
              "broadcasts": 0, "threads": 0}
     for i in range(count):
         ns = start + i * step + rng.randrange(step)
-        author = team.agents[int(rng.paretovariate(1.2)) % len(team.agents)]  # a few agents talk most
+        author = rng.choices(team.agents, cum_weights=talk)[0]  # a few agents talk most
         sid = next((s for t, s in reversed(sessions[author]) if t <= ns), sessions[author][0][1])
         mid = "msg_" + deterministic_ulid(ns // 1_000_000, b"m:%d:%d" % (seed, i))
         refs: list[dict] = []

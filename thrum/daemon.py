@@ -179,10 +179,15 @@ class _Child:
                                      else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      close_fds=True, start_new_session=True)
         self._stdin = None
+        self._source = None
         if stdin_data is not None:
             # Fed by the loop as the pipe drains: a blocking write of more than a pipe
             # buffer would stall the loop, or deadlock with a child blocked on stdout.
-            self._stdin = memoryview(stdin_data)
+            # Bytes, or an object with read(n) (e.g. a file prefix), read a chunk at a time.
+            if hasattr(stdin_data, "read"):
+                self._source, self._stdin = stdin_data, memoryview(b"")
+            else:
+                self._stdin = memoryview(stdin_data)
             os.set_blocking(self.proc.stdin.fileno(), False)
             loop.add_writer(self.proc.stdin, lambda mask: self._write())
         for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
@@ -192,7 +197,11 @@ class _Child:
 
     def _write(self) -> None:
         try:
-            while self._stdin:
+            while True:
+                if not self._stdin and self._source is not None:
+                    self._stdin = memoryview(self._source.read(READ_CHUNK))
+                if not self._stdin:
+                    break
                 written = os.write(self.proc.stdin.fileno(), self._stdin[:READ_CHUNK])
                 self._stdin = self._stdin[written:]
         except BlockingIOError:
@@ -205,6 +214,9 @@ class _Child:
         if self._stdin is None:
             return
         self._stdin = None
+        if self._source is not None:
+            self._source.close()
+            self._source = None
         self.loop.remove(self.proc.stdin)
         try:
             self.proc.stdin.close()

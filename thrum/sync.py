@@ -406,6 +406,45 @@ def _digest(data) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+class _FilePrefix:
+    """The first `size` bytes of a file, read in chunks (a git child's stdin); the sha1 of what
+    was read goes to `on_end(size, digest)` once all of it was."""
+
+    def __init__(self, path: str, size: int, on_end) -> None:
+        self.f = open(path, "rb")
+        self.left, self.size, self.on_end = size, size, on_end
+        self.sha = hashlib.sha1()
+
+    def read(self, n: int) -> bytes:
+        if self.f is None or self.left <= 0:
+            return b""
+        data = self.f.read(min(n, self.left))
+        if not data:  # the file shrank: git gets fewer bytes and the digest is not reported
+            self.left = -1
+            return b""
+        self.left -= len(data)
+        self.sha.update(data)
+        if self.left == 0:
+            self.on_end(self.size, self.sha.hexdigest())
+        return data
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def _whole(data):
+    """Bytes for a blocking git call: a _FilePrefix read to its end."""
+    if not hasattr(data, "read"):
+        return data
+    chunks = []
+    while chunk := data.read(1 << 20):
+        chunks.append(chunk)
+    data.close()
+    return b"".join(chunks)
+
+
 def new_part(content: bytes, known: list) -> tuple[int, int]:
     """Which bytes of a remote file are new: (start, end).
 
@@ -747,17 +786,19 @@ class _Round:
             memory = st.setdefault("blobs", {})
             digests = {}
 
-            def snapshot(rel: str) -> bytes:
-                with open(store.log.path(rel), "rb") as f:
-                    content = f.read(sizes[rel])  # up to the snapshot: whole lines only (files only grow)
-                digests[rel] = (len(content), _digest(content))
-                return content
+            def snapshot(rel: str) -> "_FilePrefix":
+                # Up to the snapshot: whole lines only (files only grow). Streamed to git a chunk at a
+                # time: a shard of a long-lived repository is tens of MiB.
+                return _FilePrefix(store.log.path(rel), sizes[rel],
+                                   lambda size, digest, rel=rel: digests.__setitem__(rel, (size, digest)))
             results = yield _GitBatch([(["hash-object", "-w", "--no-filters", "--stdin"],
                                         lambda rel=rel: snapshot(rel), GIT_TIMEOUT) for rel in touched])
             changed = {}
             for rel, res in zip(touched, results):
                 if res.rc != 0:
                     raise SyncError(f"git hash-object failed for {rel}: {res.error}")
+                if rel not in digests:  # git got less than the snapshot: the file shrank under us
+                    raise SyncError(f"{rel} changed while it was being committed; retrying next round")
                 changed[rel] = res.text
                 memory[rel] = remember(memory.get(rel, []), *digests[rel])
             tree = yield from self._tree(listing, changed, remote if needs_remote_parent else None)
@@ -866,7 +907,7 @@ def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
         if isinstance(step, _Git):
             value = _run_git(env.sync_dir, step.args, step.input, step.timeout)
         elif isinstance(step, _GitBatch):
-            value = [_run_git(env.sync_dir, args, input_fn(), timeout) for args, input_fn, timeout in step.items]
+            value = [_run_git(env.sync_dir, args, _whole(input_fn()), timeout) for args, input_fn, timeout in step.items]
         elif isinstance(step, _Write):
             store = env.store
             try:
