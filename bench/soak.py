@@ -44,6 +44,7 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import wait_until  # noqa: E402  (bench/ is on sys.path: this script's directory)
 from thrum.rpc import Client, DaemonUnavailable, RPCError  # noqa: E402
 
 CLIENT_CODES = {-32700, -32600, -32601, -32602, -32000, -32001, -32002, -32003, -32004, -32005, -32006}
@@ -53,17 +54,6 @@ LOCAL_COLUMNS = {"last_seen_at", "git_checked_at"}  # heartbeats and git check t
 
 def log(text: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Side:
@@ -222,21 +212,9 @@ def compare_with_rebuild(side: Side) -> list[str]:
 
 # -- fuzz -------------------------------------------------------------------------------------
 
-_LIST_METHODS = """
-import json, sys
-from thrum import daemon as d, paths
-p = paths.resolve(sys.argv[1]).for_daemon()
-dm = d.Daemon(p)
-dm.components = [c for c in (f(p) for f in d._component_factories()) if c is not None]
-dm.acquire_lock()
-try:
-    dm.open_store()
-    for c in dm.components:
-        c.start(dm)
-    print(json.dumps(sorted(n for n, m in dm.service.registry.methods.items() if "unix" in m.transports)))
-finally:
-    dm.shutdown()
-"""
+_LIST_METHODS = ("import json, sys\nfrom thrum import daemon, paths\n"
+                 "print(json.dumps(sorted(n for n, t in daemon.registered_methods(paths.resolve(sys.argv[1])).items()"
+                 " if 'unix' in t)))")
 
 
 def _random_value(rng: random.Random, depth: int = 0):

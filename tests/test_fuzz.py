@@ -112,7 +112,7 @@ def make_dispatch():
     registry.add("typed", _typed_handler)
     registry.add("typed.write", _typed_handler, writes=True)
     registry.add("unix.only", lambda p, ctx: {}, transports=("ws",))
-    daemon = SimpleNamespace(service=SimpleNamespace(registry=registry), store=_FakeStore())
+    daemon = SimpleNamespace(service=SimpleNamespace(registry=registry), store=_FakeStore(), request_listeners=[])
     daemon._ensure_current = lambda: Daemon._ensure_current(daemon)
     conn = SimpleNamespace(ctx=SimpleNamespace(transport="unix"))
     return lambda line: Daemon.dispatch(daemon, conn, line)[0]
@@ -284,21 +284,8 @@ def test_memory_is_bounded_by_the_line_limit():
 
 # Builds the daemon's registry in a child process exactly as `thrum daemon run` does (store and
 # components, no socket), so a method added anywhere is fuzzed without editing this file.
-_LIST_METHODS = """
-import json, sys
-from thrum import daemon as d, paths
-p = paths.resolve(sys.argv[1]).for_daemon()
-dm = d.Daemon(p)
-dm.components = [c for c in (f(p) for f in d._component_factories()) if c is not None]
-dm.acquire_lock()
-try:
-    dm.open_store()
-    for c in dm.components:
-        c.start(dm)
-    print(json.dumps({n: sorted(m.transports) for n, m in dm.service.registry.methods.items()}))
-finally:
-    dm.shutdown()
-"""
+_LIST_METHODS = ("import json, sys\nfrom thrum import daemon, paths\n"
+                 "print(json.dumps(daemon.registered_methods(paths.resolve(sys.argv[1]))))")
 
 
 def registered_methods(t: Thrum) -> dict:

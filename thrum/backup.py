@@ -190,11 +190,9 @@ def _repo_id(paths) -> str:
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    from thrum.store import _fsync_dir as fsync_dir  # one definition; imported lazily (store needs sqlite3)
+
+    fsync_dir(path)
 
 
 def create(paths, *, dest: str | None = None, keep: int | None = None, kind: str = "backup",
@@ -480,14 +478,9 @@ class _TempWriter:
 
 def _event_id_of(line: bytes) -> str | None:
     """The id a line is deduplicated by (as sync does), or None when the line is not an event."""
-    from thrum.events import EventError, decode_line, derived_event_id
+    from thrum.sync import _event_id_of as event_id_of
 
-    try:
-        event = decode_line(line)
-    except EventError:
-        return None
-    eid = event.get("event_id")
-    return eid if isinstance(eid, str) and eid else derived_event_id(event)
+    return event_id_of(line)
 
 
 def _event_ids_in(path: str) -> tuple[set, set]:

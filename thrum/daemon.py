@@ -821,6 +821,22 @@ def _is_file(stream, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def registered_methods(paths) -> dict[str, list[str]]:
+    """{method: transports} of the registry a daemon for `paths` would serve, built as `daemon run`
+    builds it (store and components, no socket). For fuzzers; the daemon must not be running."""
+    paths = paths.for_daemon()
+    daemon = Daemon(paths)
+    daemon.components = [c for c in (f(paths) for f in _component_factories()) if c is not None]
+    daemon.acquire_lock()
+    try:
+        daemon.open_store()
+        for component in daemon.components:
+            component.start(daemon)
+        return {name: sorted(m.transports) for name, m in daemon.service.registry.methods.items()}
+    finally:
+        daemon.shutdown()
+
+
 def run_daemon(paths, *, foreground: bool = False) -> int:
     """The body of `thrum daemon run`. Returns the process exit code."""
     paths = paths.for_daemon()
