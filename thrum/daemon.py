@@ -872,7 +872,7 @@ def _component_factories() -> list:
 
 
 # Modules that may contribute a daemon component through make_component(paths).
-COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx", "thrum.delivery")
+COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.gitctx", "thrum.delivery", "thrum.search")
 
 
 # -- controlling a daemon from the CLI ------------------------------------------------------

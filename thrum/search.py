@@ -1,0 +1,529 @@
+"""Full-text search over messages: the FTS5 index in the projection, `message.search`, and its formatting.
+
+The index is part of the projection and is kept by SQL triggers on the `messages` table, so
+it follows every insert, edit and deletion in the same transaction as the row itself, during a
+rebuild as well as live, without any applier of its own:
+
+* `message_search` — FTS5, external content (`messages.content`, keyed by the messages rowid),
+  `unicode61` with diacritics folded. It holds only the inverted index: the text is read back from
+  `messages` for snippets. Deleted messages are taken out of it, edited ones re-indexed.
+* `message_search_cjk` — FTS5, contentless, for the messages that contain Chinese, Japanese or
+  Korean characters. `unicode61` treats a run of such characters (written without spaces) as one
+  token, so a two-character word inside a sentence could not be found; here every such character
+  is indexed as a token of its own (the text is spaced out by a recursive view, in SQL, so no
+  connection needs a Python function) and a query word becomes a phrase of its characters. A
+  query with such characters asks both tables; the first answers for the other messages.
+
+The query language is parsed here, never handed to FTS5 as typed: words, "phrases", prefix*,
+AND / OR / NOT (upper case), parentheses; every word goes to FTS5 quoted, so `col:x`, `^x`,
+`NEAR(...)` are plain text. A query FTS5 cannot take is -32602 with a sentence saying why.
+
+Ranking is bm25, which costs about a microsecond per *matching* message; a query of common words
+can match most of a large history. So the newest messages are searched first, in widening windows
+(WINDOWS), and the search stops at the first window with a full page of hits: hits are ranked
+among the newest matches, and `searched_all` says whether the whole history was ranked.
+
+Who may search: like `message.list`, any caller sees every message that is not deleted.
+"""
+
+from __future__ import annotations
+
+import re
+
+from thrum.rpc import InvalidParams, NotFound, Params
+
+__all__ = ["Search", "make_component", "parse_query", "QueryError", "SCHEMA", "BULK_POPULATE_SQL",
+           "human_lines", "DEFAULT_LIMIT", "MAX_LIMIT"]
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+MAX_QUERY = 1000        # characters
+MAX_TERMS = 32
+SNIPPET_TOKENS = 16
+# Newest-first windows, in messages (rowids); None = everything.
+WINDOWS = (20_000, 200_000, None)
+
+# Scripts written without spaces between words (and Hangul, whose words carry attached particles).
+_CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
+_CJK_GLOB = f"[{_CJK_RANGES}]"
+_CJK_RE = re.compile(f"[{_CJK_RANGES}]")
+_CHUNK = 200  # the splitter walks the text in chunks: substr() from a far offset costs O(offset)
+
+SCHEMA = f"""
+CREATE VIRTUAL TABLE message_search USING fts5(content, content='messages', content_rowid='rowid',
+    tokenize='unicode61 remove_diacritics 2');
+CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.deleted = 0 BEGIN
+    INSERT INTO message_search(rowid, content) VALUES (new.rowid, new.content);
+END;
+CREATE TRIGGER message_search_update AFTER UPDATE OF content, deleted ON messages BEGIN
+    INSERT INTO message_search(message_search, rowid, content) SELECT 'delete', old.rowid, old.content
+        WHERE old.deleted = 0;
+    INSERT INTO message_search(rowid, content) SELECT new.rowid, new.content WHERE new.deleted = 0;
+END;
+CREATE TRIGGER message_search_delete AFTER DELETE ON messages WHEN old.deleted = 0 BEGIN
+    INSERT INTO message_search(message_search, rowid, content) VALUES ('delete', old.rowid, old.content);
+END;
+CREATE VIRTUAL TABLE message_search_cjk USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
+CREATE TABLE message_search_scratch (text TEXT NOT NULL);
+CREATE VIEW message_search_spaced(text) AS
+WITH RECURSIVE
+    chunks(n, piece) AS (
+        SELECT 0, substr(text, 1, {_CHUNK}) FROM message_search_scratch
+        UNION ALL SELECT n + 1, substr((SELECT text FROM message_search_scratch), (n + 1) * {_CHUNK} + 1, {_CHUNK})
+            FROM chunks WHERE length(piece) = {_CHUNK}),
+    chars(n, i, piece) AS (
+        SELECT n, 1, piece FROM chunks WHERE piece != ''
+        UNION ALL SELECT n, i + 1, piece FROM chars WHERE i < length(piece))
+SELECT group_concat(CASE WHEN ch GLOB '{_CJK_GLOB}' THEN ' ' || ch || ' ' ELSE ch END, '')
+    FROM (SELECT substr(piece, i, 1) AS ch FROM chars ORDER BY n, i);
+CREATE TRIGGER message_search_cjk_insert AFTER INSERT ON messages
+        WHEN new.deleted = 0 AND new.content GLOB '*{_CJK_GLOB}*' BEGIN
+    INSERT INTO message_search_scratch VALUES (new.content);
+    INSERT INTO message_search_cjk(rowid, content) SELECT new.rowid, text FROM message_search_spaced;
+    DELETE FROM message_search_scratch;
+END;
+CREATE TRIGGER message_search_cjk_update AFTER UPDATE OF content, deleted ON messages
+        WHEN (old.deleted = 0 AND old.content GLOB '*{_CJK_GLOB}*')
+          OR (new.deleted = 0 AND new.content GLOB '*{_CJK_GLOB}*') BEGIN
+    INSERT INTO message_search_scratch SELECT old.content WHERE old.deleted = 0 AND old.content GLOB '*{_CJK_GLOB}*';
+    INSERT INTO message_search_cjk(message_search_cjk, rowid, content)
+        SELECT 'delete', old.rowid, text FROM message_search_spaced WHERE text IS NOT NULL;
+    DELETE FROM message_search_scratch;
+    INSERT INTO message_search_scratch SELECT new.content WHERE new.deleted = 0 AND new.content GLOB '*{_CJK_GLOB}*';
+    INSERT INTO message_search_cjk(rowid, content) SELECT new.rowid, text FROM message_search_spaced
+        WHERE text IS NOT NULL;
+    DELETE FROM message_search_scratch;
+END;
+CREATE TRIGGER message_search_cjk_delete AFTER DELETE ON messages
+        WHEN old.deleted = 0 AND old.content GLOB '*{_CJK_GLOB}*' BEGIN
+    INSERT INTO message_search_scratch VALUES (old.content);
+    INSERT INTO message_search_cjk(message_search_cjk, rowid, content)
+        SELECT 'delete', old.rowid, text FROM message_search_spaced;
+    DELETE FROM message_search_scratch;
+END;
+"""
+
+# What a bulk load of `messages` (without the triggers firing row by row) would run afterwards.
+BULK_POPULATE_SQL = f"""
+INSERT INTO message_search(rowid, content) SELECT rowid, content FROM messages WHERE deleted = 0;
+-- the few messages in Chinese, Japanese or Korean, one at a time through the splitter view:
+-- for each row of  SELECT rowid, content FROM messages WHERE deleted = 0 AND content GLOB '*{_CJK_GLOB}*'
+--   INSERT INTO message_search_scratch VALUES (:content);
+--   INSERT INTO message_search_cjk(rowid, content) SELECT :rowid, text FROM message_search_spaced;
+--   DELETE FROM message_search_scratch;
+"""
+
+
+# -- the query language --------------------------------------------------------------------
+
+class QueryError(InvalidParams):
+    """A query the search cannot take; the message says why (JSON-RPC -32602)."""
+
+
+_OPERATORS = ("AND", "OR", "NOT")
+
+
+def _has_words(text: str) -> bool:
+    """Whether the tokenizer finds anything to index in `text` (letters, digits, marks)."""
+    return any(c.isalnum() for c in text)
+
+
+def _lex(query: str) -> list[tuple[str, str]]:
+    """-> [(kind, text)]: kind is 'word', 'prefix', 'phrase', 'op', '(' or ')'."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if c.isspace():
+            i += 1
+        elif c in "()":
+            out.append((c, c))
+            i += 1
+        elif c == '"':
+            end = query.find('"', i + 1)
+            if end < 0:
+                raise QueryError('unbalanced quote: a phrase needs a closing " (search for the words '
+                                 'without quotes, or close the phrase)')
+            prefix = query.startswith("*", end + 1)
+            out.append(("phrase-prefix" if prefix else "phrase", query[i + 1:end]))
+            i = end + 1 + (1 if prefix else 0)
+        else:
+            j = i
+            while j < n and not query[j].isspace() and query[j] not in '()"':
+                j += 1
+            word = query[i:j]
+            i = j
+            if word in _OPERATORS:
+                out.append(("op", word))
+                continue
+            prefix = word.endswith("*")
+            core = word.rstrip("*") if prefix else word
+            if "*" in core:
+                raise QueryError(f"'*' may only end a word (a prefix such as auth*): {word!r}")
+            if prefix and not _has_words(core):
+                raise QueryError("'*' needs the start of a word before it (e.g. auth*)")
+            out.append(("prefix" if prefix else "word", core))
+    return out
+
+
+class _Parser:
+    """or := and (OR and)* ; and := not (AND? not)* ; not := atom (NOT atom)* ; atom := term | ( or ).
+
+    A node is ('term', text, prefix) or (op, left, right); None stands for a term with nothing
+    the tokenizer would index (punctuation), which drops out.
+    """
+
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.tokens, self.i, self.depth = tokens, 0, 0
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+
+    def parse(self):
+        node = self.parse_or()
+        kind, text = self.peek()
+        if kind == ")":
+            raise QueryError("unbalanced parenthesis: ')' without '('")
+        if kind is not None:  # cannot happen: every token starts some rule
+            raise QueryError(f"unexpected {text!r}")
+        return node
+
+    def parse_or(self):
+        node = self.parse_and()
+        while self.peek() == ("op", "OR"):
+            self.i += 1
+            self._need_operand("OR")
+            node = _combine("OR", node, self.parse_and())
+        return node
+
+    def parse_and(self):
+        node = self.parse_not()
+        while True:
+            kind, text = self.peek()
+            if (kind, text) == ("op", "AND"):
+                self.i += 1
+                self._need_operand("AND")
+            elif kind is None or kind == ")" or kind == "op":
+                return node
+            node = _combine("AND", node, self.parse_not())
+
+    def parse_not(self):
+        if self.peek() == ("op", "NOT"):
+            raise QueryError("NOT needs a word before it: search 'deploy NOT staging', not 'NOT staging'")
+        node = self.parse_atom()
+        while self.peek() == ("op", "NOT"):
+            self.i += 1
+            self._need_operand("NOT")
+            right = self.parse_atom()
+            if node is None and right is not None:
+                raise QueryError("NOT needs a word before it: search 'deploy NOT staging', not 'NOT staging'")
+            node = node if right is None else ("NOT", node, right)
+        return node
+
+    def parse_atom(self):
+        kind, text = self.peek()
+        if kind is None:
+            raise QueryError("the query ends where a word was expected")
+        if kind == "op":
+            raise QueryError(f"{text} needs a word on each side (to search for the word itself, write it in "
+                             f'lower case or in quotes: "{text.lower()}")')
+        self.i += 1
+        if kind == "(":
+            self.depth += 1
+            if self.depth > 16:
+                raise QueryError("parentheses nest too deep")
+            if self.peek()[0] == ")":
+                raise QueryError("empty parentheses")
+            node = self.parse_or()
+            if self.peek()[0] != ")":
+                raise QueryError("unbalanced parenthesis: '(' without ')'")
+            self.i += 1
+            self.depth -= 1
+            return node
+        if kind == ")":
+            raise QueryError("unbalanced parenthesis: ')' without '('")
+        if not _has_words(text):
+            return None
+        return ("term", text, kind in ("prefix", "phrase-prefix"))
+
+    def _need_operand(self, op: str) -> None:
+        kind, _ = self.peek()
+        if kind is None or kind == ")" or kind == "op":
+            raise QueryError(f"{op} needs a word on each side (to search for the word itself, write it in "
+                             f'lower case or in quotes: "{op.lower()}")')
+
+
+def _combine(op: str, left, right):
+    if left is None:
+        return right
+    if right is None:
+        return left
+    return (op, left, right)
+
+
+def _terms(node) -> list[tuple[str, bool]]:
+    if node is None:
+        return []
+    if node[0] == "term":
+        return [(node[1], node[2])]
+    return _terms(node[1]) + _terms(node[2])
+
+
+def _fts(node, spaced: bool) -> str:
+    """The FTS5 expression: every term quoted (so nothing in it is FTS syntax), operators parenthesized."""
+    if node[0] == "term":
+        text = _CJK_RE.sub(lambda m: f" {m.group(0)} ", node[1]) if spaced else node[1]
+        return '"' + text.replace('"', '""') + '"' + (" *" if node[2] else "")
+    return f"({_fts(node[1], spaced)} {node[0]} {_fts(node[2], spaced)})"
+
+
+class ParsedQuery:
+    __slots__ = ("node", "terms", "cjk", "main", "spaced")
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.terms = _terms(node)
+        self.cjk = any(_CJK_RE.search(t) for t, _ in self.terms)
+        self.main = _fts(node, False)
+        self.spaced = _fts(node, True) if self.cjk else ""
+
+
+def parse_query(query: str) -> ParsedQuery:
+    """The user's query -> FTS5 expressions; QueryError (-32602) with a reason when it cannot be searched."""
+    if not query.strip():
+        raise QueryError("query is required: the words to search for")
+    tokens = _lex(query)
+    if sum(1 for kind, _ in tokens if kind not in ("op", "(", ")")) > MAX_TERMS:
+        raise QueryError(f"too many words: at most {MAX_TERMS}")
+    node = _Parser(tokens).parse()
+    if node is None:
+        raise QueryError("the query has no words to search for (only punctuation)")
+    return ParsedQuery(node)
+
+
+# -- snippets for the contentless table ---------------------------------------------------------
+
+def _python_snippet(content: str, terms: list[tuple[str, bool]], start: str, end: str, width: int = 80) -> str:
+    """A window of `content` around the first hit, hits marked (the contentless index cannot do it)."""
+    words = sorted({w for text, _ in terms for w in re.split(r"\W+", text.casefold()) if w}, key=len,
+                   reverse=True)
+    folded = content.casefold()
+    if len(folded) != len(content):  # casefold changed lengths (ß → ss): positions would drift
+        folded = content.lower() if len(content.lower()) == len(content) else content
+    spans: list[tuple[int, int]] = []
+    if words:
+        pattern = re.compile("|".join(re.escape(w) for w in words))
+        for m in pattern.finditer(folded):
+            spans.append((m.start(), m.end()))
+    first = spans[0][0] if spans else 0
+    lo = max(0, first - width // 3)
+    hi = min(len(content), lo + width)
+    out = ["…"] if lo > 0 else []
+    pos = lo
+    for s, e in spans:
+        if s < pos or e > hi:
+            continue
+        out += [content[pos:s], start, content[s:e], end]
+        pos = e
+    out.append(content[pos:hi])
+    if hi < len(content):
+        out.append("…")
+    return " ".join("".join(out).split()) if "\n" in content else "".join(out)
+
+
+# -- the component --------------------------------------------------------------------------
+
+class Search:
+    """The daemon component: the index's schema and `message.search`."""
+
+    def __init__(self) -> None:
+        self.daemon = None
+
+    def extend_store(self, store) -> None:
+        store.extend(SCHEMA, {})
+
+    def start(self, daemon) -> None:
+        self.daemon = daemon
+        daemon.service.registry.add("message.search", self.rpc_search)
+
+    def stop(self) -> None:
+        pass
+
+    @property
+    def db(self):
+        return self.daemon.store.db
+
+    def rpc_search(self, p: Params, ctx) -> dict:
+        """{query, from?, to?, thread_id?, since?, until?, limit?, highlight?: [start, end]}
+        → {hits: [{message_id, author, created_at, snippet, score, thread_id, ...}], query, searched_all}
+        """
+        return search(self.daemon.service, self.db, p)
+
+
+def _time_param(p: Params, key: str) -> int | None:
+    from thrum.events import EventError, parse_timestamp_ns
+
+    text = p.str(key, max_len=64).strip()
+    if not text:
+        return None
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        text += "T00:00:00Z"  # a date alone is that day's start, UTC
+    try:
+        return parse_timestamp_ns(text)
+    except EventError:
+        raise InvalidParams(f"invalid {key}: {text!r} (use an RFC 3339 time such as 2026-01-31T12:00:00Z, or a "
+                            "date such as 2026-01-31)") from None
+
+
+def _highlight(p: Params) -> tuple[str, str]:
+    raw = p.raw.get("highlight")
+    if raw is None:
+        return "**", "**"
+    if (not isinstance(raw, list) or len(raw) != 2 or not all(isinstance(x, str) and len(x) <= 16 for x in raw)):
+        raise InvalidParams("highlight must be [start, end]: two strings of at most 16 characters")
+    return raw[0], raw[1]
+
+
+def _filters(service, p: Params) -> tuple[list[str], list]:
+    """SQL conditions on `m` (messages) for from/to/thread_id/since/until."""
+    where: list[str] = ["m.deleted = 0"]
+    args: list = []
+    author = p.str("from", max_len=128).strip().lstrip("@")
+    if author:
+        if service.agent_row(author) is None:
+            raise service.unknown_error("author", author, sorted(
+                r[0] for r in service.db.execute("SELECT agent_id FROM agents")))
+        where.append("(m.agent_id = ? OR m.authored_by = ?)")
+        args += [author, author]
+    to = p.str("to", max_len=128).strip().lstrip("@")
+    if to:
+        where.append(_addressed_to(service, to, args))
+    thread = p.str("thread_id", max_len=128).strip()
+    if thread:
+        where.append("(m.thread_id = ? OR m.message_id = ?)")
+        args += [thread, thread]
+    since, until = _time_param(p, "since"), _time_param(p, "until")
+    if since is not None:
+        where.append("m.created_ns >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("m.created_ns < ?")
+        args.append(until)
+    return where, args
+
+
+def _addressed_to(service, name: str, args: list) -> str:
+    """`to`: an agent → what its inbox shows (broadcasts, mentions of it or its role, posts to its
+    groups; not its own messages); a role → mentions of the role; a group → posts to the group."""
+    row = service.agent_row(name)
+    if row is not None:
+        role = row["role"] or name
+        groups = service.groups_of(name, role)
+        args += [name, name, name, role]
+        cond = ("(m.agent_id != ? AND m.authored_by != ? AND (m.broadcast = 1 OR m.message_id IN ("
+                "SELECT message_id FROM message_refs WHERE type = 'mention' AND value IN (?, ?))")
+        if groups:
+            cond += (" OR m.message_id IN (SELECT message_id FROM message_scopes WHERE type = 'group'"
+                     f" AND value IN ({','.join('?' * len(groups))}))")
+            args += groups
+        return cond + "))"
+    if service.db.execute("SELECT 1 FROM agents WHERE role = ? LIMIT 1", (name,)).fetchone():
+        args.append(name)
+        return "m.message_id IN (SELECT message_id FROM message_refs WHERE type = 'mention' AND value = ?)"
+    if service.db.execute("SELECT 1 FROM groups WHERE name = ? AND deleted = 0 LIMIT 1", (name,)).fetchone():
+        args.append(name)
+        return "m.message_id IN (SELECT message_id FROM message_scopes WHERE type = 'group' AND value = ?)"
+    raise service.unknown_error("recipient", name, service._recipient_candidates())
+
+
+def search(service, db, p: Params) -> dict:
+    import sqlite3
+
+    query = p.str("query", required=True, max_len=MAX_QUERY)
+    parsed = parse_query(query)
+    limit = p.int("limit", DEFAULT_LIMIT, lo=1, hi=MAX_LIMIT, clamp=True)
+    start, end = _highlight(p)
+    where, args = _filters(service, p)
+    newest = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
+    conditions = " AND ".join(where)
+    hits: dict[int, tuple[float, dict]] = {}
+    searched_all = False
+    try:
+        for window in WINDOWS:
+            low = newest - window if window is not None and newest > window else None
+            hits = {}
+            _run(db, "message_search", parsed.main, conditions, args, low, limit, start, end, hits,
+                 skip_cjk=parsed.cjk)
+            if parsed.cjk:
+                _run(db, "message_search_cjk", parsed.spaced, conditions, args, low, limit, start, end, hits,
+                     terms=parsed.terms)
+            if low is None:
+                searched_all = True
+                break
+            if len(hits) >= limit:
+                break
+    except sqlite3.OperationalError as exc:
+        # The parser quotes every term, so this is not expected; still the caller's query, not our crash.
+        if "fts5" in str(exc):
+            raise QueryError(f"cannot search for {query!r}: {exc}") from None
+        raise
+    ranked = sorted(hits.values(), key=lambda h: (-h[0], h[1]["message_id"]))[:limit]
+    return {"hits": [h for _, h in ranked], "query": query, "searched_all": searched_all}
+
+
+def _run(db, table: str, expression: str, conditions: str, args: list, low: int | None, limit: int,
+         start: str, end: str, hits: dict, *, skip_cjk: bool = False, terms=None) -> None:
+    # FTS5 wants the table's own name (not an alias) left of MATCH and in snippet().
+    window = "" if low is None else f" AND {table}.rowid > ?"
+    extra = f" AND NOT m.content GLOB '*{_CJK_GLOB}*'" if skip_cjk else ""
+    own_snippet = table == "message_search"  # the contentless table has no text to cut a snippet from
+    snippet = f"snippet({table}, 0, ?, ?, '…', ?)" if own_snippet else "NULL"
+    rows = db.execute(
+        f"SELECT {table}.rowid AS seq, {table}.rank AS rank, {snippet} AS snippet, m.message_id, m.agent_id,"
+        " m.authored_by, m.created_at, m.thread_id, m.reply_to, m.priority, m.edits, m.content"
+        f" FROM {table} JOIN messages m ON m.rowid = {table}.rowid"
+        f" WHERE {table} MATCH ?{window} AND {conditions}{extra} ORDER BY {table}.rank LIMIT ?",
+        ([start, end, SNIPPET_TOKENS] if own_snippet else []) + [expression] + ([low] if low is not None else [])
+        + args + [limit]).fetchall()
+    for r in rows:
+        score = round(-r["rank"], 6)
+        if r["seq"] in hits and hits[r["seq"]][0] >= score:
+            continue
+        text = r["snippet"] if own_snippet else _python_snippet(r["content"], terms or [], start, end)
+        hit = {"message_id": r["message_id"], "author": r["agent_id"], "created_at": r["created_at"],
+               "snippet": text, "score": score, "thread_id": r["thread_id"] or "", "priority": r["priority"]}
+        if r["reply_to"]:
+            hit["reply_to"] = r["reply_to"]
+        if r["authored_by"]:
+            hit["authored_by"] = r["authored_by"]
+        if r["edits"]:
+            hit["edited"] = True
+        hits[r["seq"]] = (score, hit)
+
+
+# -- human output (the CLI) ------------------------------------------------------------------
+
+BOLD, RESET = "\x1b[1m", "\x1b[0m"
+MARK_START, MARK_END = "\x02", "\x03"  # asked of the daemon by the CLI, replaced per terminal
+
+
+def human_lines(result: dict, *, tty: bool, ago=None) -> list[str]:
+    """Lines for `thrum search`: author, time ago, thread, and the snippet with its hits marked."""
+    hits = result.get("hits") or []
+    if not hits:
+        return [f"No messages match {result.get('query', '')!r}."]
+    on, off = (BOLD, RESET) if tty else ("**", "**")
+    lines = []
+    for h in hits:
+        when = ago(h["created_at"]) if ago else h["created_at"]
+        where = f"  thread {h['thread_id']}" if h.get("thread_id") else ""
+        lines.append(f"{h['message_id']}  @{h['author']}  {when}{where}")
+        snippet = " ".join(h["snippet"].split()).replace(MARK_START, on).replace(MARK_END, off)
+        lines.append(f"  {snippet}")
+    more = "" if result.get("searched_all", True) else " (ranked among the newest messages)"
+    lines.append(f"{len(hits)} hit{'s' if len(hits) != 1 else ''}{more}")
+    return lines
+
+
+def make_component(paths):
+    return Search()
