@@ -36,6 +36,7 @@ TOOL_FIELDS = {  # spec rpc-ws-mcp.md §7: names and input fields (C5)
     "remove_group_member": {"group", "member_type", "member_value"},
     "list_groups": set(),
     "get_group": {"name", "expand"},
+    "search_messages": {"query", "from", "to", "thread_id", "since", "until", "limit"},  # issue 15: a twelfth
 }
 
 

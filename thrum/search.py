@@ -32,7 +32,7 @@ import re
 
 from thrum.rpc import InvalidParams, NotFound, Params
 
-__all__ = ["Search", "make_component", "parse_query", "QueryError", "SCHEMA", "BULK_POPULATE_SQL",
+__all__ = ["Search", "make_component", "parse_query", "QueryError", "SCHEMA", "BULK_POPULATE_SQL", "bulk_populate",
            "human_lines", "DEFAULT_LIMIT", "MAX_LIMIT"]
 
 DEFAULT_LIMIT = 20
@@ -103,15 +103,22 @@ CREATE TRIGGER message_search_cjk_delete AFTER DELETE ON messages
 END;
 """
 
-# What a bulk load of `messages` (without the triggers firing row by row) would run afterwards.
-BULK_POPULATE_SQL = f"""
-INSERT INTO message_search(rowid, content) SELECT rowid, content FROM messages WHERE deleted = 0;
--- the few messages in Chinese, Japanese or Korean, one at a time through the splitter view:
--- for each row of  SELECT rowid, content FROM messages WHERE deleted = 0 AND content GLOB '*{_CJK_GLOB}*'
---   INSERT INTO message_search_scratch VALUES (:content);
---   INSERT INTO message_search_cjk(rowid, content) SELECT :rowid, text FROM message_search_spaced;
---   DELETE FROM message_search_scratch;
-"""
+# What a bulk load of `messages` (rows inserted before these triggers existed, or with them dropped)
+# runs afterwards to build the same index as the triggers would have. The main table is one statement
+# (FTS5's own 'rebuild' would index deleted messages too: they stay in `messages`); the few messages
+# with CJK characters go one by one through the splitter view.
+BULK_POPULATE_SQL = "INSERT INTO message_search(rowid, content) SELECT rowid, content FROM messages WHERE deleted = 0"
+BULK_CJK_ROWS_SQL = f"SELECT rowid, content FROM messages WHERE deleted = 0 AND content GLOB '*{_CJK_GLOB}*'"
+
+
+def bulk_populate(db) -> None:
+    """Index every message that is not deleted, in bulk (inside the caller's transaction)."""
+    db.execute(BULK_POPULATE_SQL)
+    for rowid, content in db.execute(BULK_CJK_ROWS_SQL).fetchall():
+        db.execute("INSERT INTO message_search_scratch VALUES (?)", (content,))
+        db.execute("INSERT INTO message_search_cjk(rowid, content) SELECT ?, text FROM message_search_spaced",
+                   (rowid,))
+        db.execute("DELETE FROM message_search_scratch")
 
 
 # -- the query language --------------------------------------------------------------------
@@ -369,7 +376,7 @@ def _time_param(p: Params, key: str) -> int | None:
     if len(text) == 10 and text[4] == "-" and text[7] == "-":
         text += "T00:00:00Z"  # a date alone is that day's start, UTC
     try:
-        return parse_timestamp_ns(text)
+        return max(-(2**63), min(2**63 - 1, parse_timestamp_ns(text)))  # past 2262 no longer fits SQLite
     except EventError:
         raise InvalidParams(f"invalid {key}: {text!r} (use an RFC 3339 time such as 2026-01-31T12:00:00Z, or a "
                             "date such as 2026-01-31)") from None
@@ -400,8 +407,18 @@ def _filters(service, p: Params) -> tuple[list[str], list]:
         where.append(_addressed_to(service, to, args))
     thread = p.str("thread_id", max_len=128).strip()
     if thread:
-        where.append("(m.thread_id = ? OR m.message_id = ?)")
-        args += [thread, thread]
+        # A thread as the UI shows one: the reply chain around a message (up to its first message, then
+        # every reply below), and the messages that share a thread_id.
+        root = thread
+        for _ in range(50):
+            row = service.db.execute("SELECT reply_to FROM messages WHERE message_id = ?", (root,)).fetchone()
+            if row is None or not row[0]:
+                break
+            root = row[0]
+        where.append("(m.thread_id = ? OR m.message_id IN (WITH RECURSIVE chain(id) AS (SELECT ? UNION"
+                     " SELECT r.message_id FROM messages r JOIN chain ON r.reply_to = chain.id AND r.reply_to != '')"
+                     " SELECT id FROM chain))")
+        args += [thread, root]
     since, until = _time_param(p, "since"), _time_param(p, "until")
     if since is not None:
         where.append("m.created_ns >= ?")
