@@ -18,10 +18,12 @@ The query language is parsed here, never handed to FTS5 as typed: words, "phrase
 AND / OR / NOT (upper case), parentheses; every word goes to FTS5 quoted, so `col:x`, `^x`,
 `NEAR(...)` are plain text. A query FTS5 cannot take is -32602 with a sentence saying why.
 
-Ranking is bm25, which costs about a microsecond per *matching* message; a query of common words
-can match most of a large history. So the newest messages are searched first, in widening windows
-(WINDOWS), and the search stops at the first window with a full page of hits: hits are ranked
-among the newest matches, and `searched_all` says whether the whole history was ranked.
+Ranking is bm25. It costs about a microsecond per *matching* message, and a query of common words
+can match most of a large history; so a search first finds, unranked and newest first (cheap: FTS5
+walks rowids in order), where its RANK_POOL-th newest match is, and ranks only the matches from
+there on. Up to RANK_POOL matches, that is every match; beyond, the hits are the best among the
+newest RANK_POOL matches, and `searched_all` is false. (bm25 also counts, once per query, the
+messages that contain each word: a word in most messages costs its whole posting list there.)
 
 Who may search: like `message.list`, any caller sees every message that is not deleted.
 """
@@ -40,8 +42,7 @@ MAX_LIMIT = 100
 MAX_QUERY = 1000        # characters
 MAX_TERMS = 32
 SNIPPET_TOKENS = 16
-# Newest-first windows, in messages (rowids); None = everything.
-WINDOWS = (20_000, 200_000, None)
+RANK_POOL = 1000  # matches ranked at most: the newest ones
 
 # Scripts written without spaces between words (and Hangul, whose words carry attached particles).
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
@@ -467,24 +468,19 @@ def search(service, db, p: Params) -> dict:
     limit = p.int("limit", DEFAULT_LIMIT, lo=1, hi=MAX_LIMIT, clamp=True)
     start, end = _highlight(p)
     where, args = _filters(service, p)
-    newest = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
     conditions = " AND ".join(where)
+    filtered = len(where) > 1  # more than `m.deleted = 0`, which the index implies
     hits: dict[int, tuple[float, dict]] = {}
-    searched_all = False
+    searched_all = True
     try:
-        for window in WINDOWS:
-            low = newest - window if window is not None and newest > window else None
-            hits = {}
-            _run(db, "message_search", parsed.main, conditions, args, low, limit, start, end, hits,
-                 skip_cjk=parsed.cjk)
-            if parsed.cjk:
-                _run(db, "message_search_cjk", parsed.spaced, conditions, args, low, limit, start, end, hits,
-                     terms=parsed.terms)
-            if low is None:
-                searched_all = True
-                break
-            if len(hits) >= limit:
-                break
+        tables = [("message_search", parsed.main, parsed.cjk)]
+        if parsed.cjk:
+            tables.append(("message_search_cjk", parsed.spaced, False))
+        for table, expression, skip_cjk in tables:
+            low = _pool_start(db, table, expression, conditions if filtered or skip_cjk else "", args, skip_cjk)
+            searched_all = searched_all and low is None
+            _run(db, table, expression, conditions, args, low, limit, start, end, hits, skip_cjk=skip_cjk,
+                 terms=parsed.terms)
     except sqlite3.OperationalError as exc:
         # The parser quotes every term, so this is not expected; still the caller's query, not our crash.
         if "fts5" in str(exc):
@@ -494,10 +490,23 @@ def search(service, db, p: Params) -> dict:
     return {"hits": [h for _, h in ranked], "query": query, "searched_all": searched_all}
 
 
+def _pool_start(db, table: str, expression: str, conditions: str, args: list, skip_cjk: bool) -> int | None:
+    """The rowid of the RANK_POOL-th newest match, or None when there are fewer (rank them all)."""
+    extra = f" AND NOT {_has_cjk('m.content')}" if skip_cjk else ""
+    if conditions:
+        sql = (f"SELECT {table}.rowid FROM {table} JOIN messages m ON m.rowid = {table}.rowid"
+               f" WHERE {table} MATCH ? AND {conditions}{extra}")
+        sql_args = [expression] + args
+    else:
+        sql, sql_args = f"SELECT rowid FROM {table} WHERE {table} MATCH ?", [expression]
+    row = db.execute(f"{sql} ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", sql_args + [RANK_POOL - 1]).fetchone()
+    return None if row is None else row[0]
+
+
 def _run(db, table: str, expression: str, conditions: str, args: list, low: int | None, limit: int,
          start: str, end: str, hits: dict, *, skip_cjk: bool = False, terms=None) -> None:
     # FTS5 wants the table's own name (not an alias) left of MATCH and in snippet().
-    window = "" if low is None else f" AND {table}.rowid > ?"
+    window = "" if low is None else f" AND {table}.rowid >= ?"
     extra = f" AND NOT {_has_cjk('m.content')}" if skip_cjk else ""
     own_snippet = table == "message_search"  # the contentless table has no text to cut a snippet from
     snippet = f"snippet({table}, 0, ?, ?, '…', ?)" if own_snippet else "NULL"
