@@ -136,6 +136,35 @@ def test_the_bulk_population_matches_what_the_triggers_build():
             assert cjk[0] == cjk[1] and cjk[0], q
 
 
+def full_memory_db() -> sqlite3.Connection:
+    """The columns search reads, for calling `search()` without a daemon."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.executescript("CREATE TABLE messages (message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL DEFAULT '',"
+                     " reply_to TEXT NOT NULL DEFAULT '', agent_id TEXT NOT NULL, created_at TEXT NOT NULL,"
+                     " created_ns INTEGER NOT NULL, content TEXT NOT NULL DEFAULT '', priority TEXT NOT NULL"
+                     " DEFAULT 'normal', deleted INTEGER NOT NULL DEFAULT 0, authored_by TEXT NOT NULL DEFAULT '',"
+                     " edits INTEGER NOT NULL DEFAULT 0);" + S.SCHEMA)
+    return db
+
+
+def test_only_the_newest_matches_are_ranked_beyond_the_pool(monkeypatch):
+    from thrum.rpc import Params
+
+    monkeypatch.setattr(S, "RANK_POOL", 5)
+    db = full_memory_db()
+    db.execute("INSERT INTO messages(message_id, agent_id, created_at, created_ns, content) VALUES"
+               " ('m00', 'a', '2026-01-01T00:00:00Z', 0, 'common common common')")
+    for i in range(1, 10):
+        db.execute("INSERT INTO messages(message_id, agent_id, created_at, created_ns, content) VALUES (?,?,?,?,?)",
+                   (f"m{i:02d}", "a", "2026-01-01T00:00:00Z", i, f"common word and filler {i} " * 3))
+    wide = S.search(None, db, Params({"query": "common", "limit": 100}))
+    assert wide["searched_all"] is False
+    assert sorted(h["message_id"] for h in wide["hits"]) == ["m05", "m06", "m07", "m08", "m09"]
+    narrow = S.search(None, db, Params({"query": '"common common"', "limit": 100}))
+    assert narrow["searched_all"] is True and [h["message_id"] for h in narrow["hits"]] == ["m00"]
+
+
 # -- through the daemon ---------------------------------------------------------------------------
 
 def test_words_phrases_prefixes_and_operators(agents):
