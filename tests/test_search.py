@@ -165,6 +165,29 @@ def test_only_the_newest_matches_are_ranked_beyond_the_pool(monkeypatch):
     assert narrow["searched_all"] is True and [h["message_id"] for h in narrow["hits"]] == ["m00"]
 
 
+def test_common_words_only_filter_and_the_order_stays_bm25s(monkeypatch):
+    from thrum.rpc import Params
+
+    monkeypatch.setattr(S, "COMMON_MIN", 0)  # as in a large repository
+    db = full_memory_db()
+    texts = ["common rare rare", "common rare and some other words here", "common filler", "common rare x",
+             "common y", "common z", "common w", "common v"] + [f"other {i}" for i in range(8)]
+    for i, text in enumerate(texts):
+        db.execute("INSERT INTO messages(message_id, agent_id, created_at, created_ns, content) VALUES (?,?,?,?,?)",
+                   (f"m{i}", "a", "2026-01-01T00:00:00Z", i, text))
+    full = [r[0] for r in db.execute("SELECT m.message_id FROM message_search JOIN messages m ON m.rowid ="
+                                     " message_search.rowid WHERE message_search MATCH '\"common\" \"rare\"'"
+                                     " ORDER BY rank")]
+    ours = S.search(None, db, Params({"query": "common rare"}))
+    assert [h["message_id"] for h in ours["hits"]] == full == ["m0", "m3", "m1"]
+    assert ours["hits"][0]["score"] > ours["hits"][-1]["score"] > 0
+    assert [h["message_id"] for h in S.search(None, db, Params({"query": "rare NOT x"}))["hits"]] == ["m0", "m1"]
+    # every word in most messages: the newest matches first, unscored
+    everyday = S.search(None, db, Params({"query": "common"}))
+    assert [h["message_id"] for h in everyday["hits"]][:3] == ["m7", "m6", "m5"]
+    assert {h["score"] for h in everyday["hits"]} == {0.0}
+
+
 # -- through the daemon ---------------------------------------------------------------------------
 
 def test_words_phrases_prefixes_and_operators(agents):

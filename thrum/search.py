@@ -18,12 +18,18 @@ The query language is parsed here, never handed to FTS5 as typed: words, "phrase
 AND / OR / NOT (upper case), parentheses; every word goes to FTS5 quoted, so `col:x`, `^x`,
 `NEAR(...)` are plain text. A query FTS5 cannot take is -32602 with a sentence saying why.
 
-Ranking is bm25. It costs about a microsecond per *matching* message, and a query of common words
-can match most of a large history; so a search first finds, unranked and newest first (cheap: FTS5
-walks rowids in order), where its RANK_POOL-th newest match is, and ranks only the matches from
-there on. Up to RANK_POOL matches, that is every match; beyond, the hits are the best among the
-newest RANK_POOL matches, and `searched_all` is false. (bm25 also counts, once per query, the
-messages that contain each word: a word in most messages costs its whole posting list there.)
+Ranking is bm25, and it costs in two ways: about a microsecond per *matching* message, and, once per
+query, a count of the messages that contain each word (a walk of the word's whole posting list: for a
+word in most messages, most of the query's time at a million messages). So a search:
+
+1. finds its newest RANK_POOL matches, unranked (cheap: FTS5 walks postings in rowid order); past
+   RANK_POOL matches only those are ranked and `searched_all` is false;
+2. ranks them by bm25 of the query without the words that (nearly) cannot change the order: a word in
+   more than a quarter of the messages (COMMON_SHARE: FTS5 weighs it at most log(3), and at 1e-6 past
+   half; only past COMMON_MIN messages, where counting them costs), and the right side of NOT (in no match). How many messages contain a word is remembered
+   (DocFrequencies), so it is counted once, not per query;
+3. when every word is in most messages (nothing left to rank by), returns the newest matches, score 0;
+4. reads the hits' rows and snippets.
 
 Who may search: like `message.list`, any caller sees every message that is not deleted.
 """
@@ -43,6 +49,11 @@ MAX_QUERY = 1000        # characters
 MAX_TERMS = 32
 SNIPPET_TOKENS = 16
 RANK_POOL = 1000  # matches ranked at most: the newest ones
+# A word in more than this share of the messages only filters, like a stop word: bm25 would weigh it at
+# most log(3) ~ 1.1 (from a quarter) and at 1e-6 past a half, against 5-10 for the rare words that decide
+# the order, and counting the messages that contain it is what a query of common words spends its time on.
+COMMON_SHARE = 0.25
+COMMON_MIN = 10_000  # ... and in more messages than this: below, counting them is cheap, so bm25 gets all
 
 # Scripts written without spaces between words (and Hangul, whose words carry attached particles).
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
@@ -352,6 +363,7 @@ class Search:
 
     def __init__(self) -> None:
         self.daemon = None
+        self.frequencies = DocFrequencies()
 
     def extend_store(self, store) -> None:
         store.extend(SCHEMA, {})
@@ -371,7 +383,7 @@ class Search:
         """{query, from?, to?, thread_id?, since?, until?, limit?, highlight?: [start, end]}
         → {hits: [{message_id, author, created_at, snippet, score, thread_id, ...}], query, searched_all}
         """
-        return search(self.daemon.service, self.db, p)
+        return search(self.daemon.service, self.db, p, self.frequencies)
 
 
 def _time_param(p: Params, key: str) -> int | None:
@@ -460,7 +472,44 @@ def _addressed_to(service, name: str, args: list) -> str:
     raise service.unknown_error("recipient", name, service._recipient_candidates())
 
 
-def search(service, db, p: Params) -> dict:
+class DocFrequencies:
+    """How many messages contain a term, remembered: bm25 counts it again on every query (a scan of the
+    term's whole posting list), which for a word in most messages is most of a query's time."""
+
+    MAX_TERMS = 10_000
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[str, str], tuple[int, int]] = {}  # (table, term) -> (count, messages then)
+
+    def count(self, db, table: str, term: str, messages: int) -> int:
+        known = self.known.get((table, term))
+        if known is not None and messages <= known[1] * 1.25 + 100:
+            return known[0]
+        if len(self.known) >= self.MAX_TERMS:
+            self.known.clear()
+        n = db.execute(f"SELECT COUNT(*) FROM {table} WHERE {table} MATCH ?", (term,)).fetchone()[0]
+        self.known[(table, term)] = (n, messages)
+        return n
+
+
+def _ranking_node(node, common):
+    """The part of the query that can change bm25 among messages that match all of it.
+
+    FTS5's bm25 weighs a term by its IDF, log((N-n+.5)/(n+.5)), and gives one in more than half of the
+    messages 1e-6; a common term (see COMMON_SHARE) where every match must contain it (a side of AND) changes
+    the order little and costs much; the right side of NOT is in no match. OR keeps both sides: either may be
+    what matched. `common(node)` tells the first kind. Returns None when nothing is left."""
+    kind = node[0]
+    if kind == "term":
+        return None if common(node) else node
+    if kind == "NOT":
+        return _ranking_node(node[1], common)
+    if kind == "AND":
+        return _combine("AND", _ranking_node(node[1], common), _ranking_node(node[2], common))
+    return node
+
+
+def search(service, db, p: Params, frequencies: DocFrequencies | None = None) -> dict:
     import sqlite3
 
     query = p.str("query", required=True, max_len=MAX_QUERY)
@@ -468,69 +517,96 @@ def search(service, db, p: Params) -> dict:
     limit = p.int("limit", DEFAULT_LIMIT, lo=1, hi=MAX_LIMIT, clamp=True)
     start, end = _highlight(p)
     where, args = _filters(service, p)
-    conditions = " AND ".join(where)
-    filtered = len(where) > 1  # more than `m.deleted = 0`, which the index implies
-    hits: dict[int, tuple[float, dict]] = {}
+    frequencies = frequencies or DocFrequencies()
+    conditions = " AND ".join(where) if len(where) > 1 else ""  # `m.deleted = 0` alone: the index implies it
+    hits: list[tuple[float, int, str]] = []
     searched_all = True
     try:
-        tables = [("message_search", parsed.main, parsed.cjk)]
+        tables = [("message_search", False, parsed.cjk)]
         if parsed.cjk:
-            tables.append(("message_search_cjk", parsed.spaced, False))
-        for table, expression, skip_cjk in tables:
-            low = _pool_start(db, table, expression, conditions if filtered or skip_cjk else "", args, skip_cjk)
-            searched_all = searched_all and low is None
-            _run(db, table, expression, conditions, args, low, limit, start, end, hits, skip_cjk=skip_cjk,
-                 terms=parsed.terms)
+            tables.append(("message_search_cjk", True, False))
+        messages = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
+        for table, spaced, skip_cjk in tables:
+            candidates = _candidates(db, table, _fts(parsed.node, spaced), conditions, args, skip_cjk)
+            searched_all = searched_all and len(candidates) < RANK_POOL
+            if not candidates:
+                continue
+
+            def common(term, table=table, spaced=spaced):
+                n = frequencies.count(db, table, _fts(term, spaced), messages)
+                return n > messages * COMMON_SHARE and n > COMMON_MIN
+            ranking = _ranking_node(parsed.node, common)
+            if ranking is None:
+                # Every word is in most messages: bm25 weighs each at 1e-6, so its order would be noise
+                # (and counting such words is the expensive part). The newest come first instead.
+                hits += [(0.0, rowid, table) for rowid in candidates[:limit]]
+                continue
+            wanted = set(candidates)
+            ranked = [(rank, rowid) for rowid, rank in db.execute(
+                f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND rowid >= ?",
+                (_fts(ranking, spaced), candidates[-1])) if rowid in wanted]
+            ranked.sort()
+            hits += [(-rank, rowid, table) for rank, rowid in ranked[:limit]]
     except sqlite3.OperationalError as exc:
         # The parser quotes every term, so this is not expected; still the caller's query, not our crash.
         if "fts5" in str(exc):
             raise QueryError(f"cannot search for {query!r}: {exc}") from None
         raise
-    ranked = sorted(hits.values(), key=lambda h: (-h[0], h[1]["message_id"]))[:limit]
-    return {"hits": [h for _, h in ranked], "query": query, "searched_all": searched_all}
+    best: dict[int, tuple[float, str]] = {}
+    for score, rowid, table in hits:  # a message in both tables counts once, at its better score
+        if rowid not in best or best[rowid][0] < score:
+            best[rowid] = (score, table)
+    chosen = sorted(best.items(), key=lambda item: (-item[1][0], -item[0]))[:limit]  # ties: newest first
+    details = _details(db, parsed, [rowid for rowid, _ in chosen], start, end)
+    out = []
+    for rowid, (score, table) in chosen:
+        hit = details[rowid]
+        if table != "message_search" or hit["snippet"] is None:
+            hit["snippet"] = _python_snippet(hit.pop("content"), parsed.terms, start, end)
+        hit.pop("content", None)
+        hit["score"] = round(score, 6)
+        out.append(hit)
+    out.sort(key=lambda h: -h["score"])  # stable: `chosen`'s newest-first among equal scores stays
+    return {"hits": out, "query": query, "searched_all": searched_all}
 
 
-def _pool_start(db, table: str, expression: str, conditions: str, args: list, skip_cjk: bool) -> int | None:
-    """The rowid of the RANK_POOL-th newest match, or None when there are fewer (rank them all)."""
+def _candidates(db, table: str, expression: str, conditions: str, args: list, skip_cjk: bool) -> list[int]:
+    """Rowids of the newest RANK_POOL matches, newest first: FTS5 walks its postings in rowid order, so
+    this costs the matches it returns (and those the filters drop), not bm25's count of all of them."""
     extra = f" AND NOT {_has_cjk('m.content')}" if skip_cjk else ""
-    if conditions:
+    if conditions or extra:
         sql = (f"SELECT {table}.rowid FROM {table} JOIN messages m ON m.rowid = {table}.rowid"
-               f" WHERE {table} MATCH ? AND {conditions}{extra}")
+               f" WHERE {table} MATCH ?{' AND ' + conditions if conditions else ''}{extra}")
         sql_args = [expression] + args
     else:
         sql, sql_args = f"SELECT rowid FROM {table} WHERE {table} MATCH ?", [expression]
-    row = db.execute(f"{sql} ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", sql_args + [RANK_POOL - 1]).fetchone()
-    return None if row is None else row[0]
+    return [r[0] for r in db.execute(f"{sql} ORDER BY {table}.rowid DESC LIMIT ?", sql_args + [RANK_POOL])]
 
 
-def _run(db, table: str, expression: str, conditions: str, args: list, low: int | None, limit: int,
-         start: str, end: str, hits: dict, *, skip_cjk: bool = False, terms=None) -> None:
-    # FTS5 wants the table's own name (not an alias) left of MATCH and in snippet().
-    window = "" if low is None else f" AND {table}.rowid >= ?"
-    extra = f" AND NOT {_has_cjk('m.content')}" if skip_cjk else ""
-    own_snippet = table == "message_search"  # the contentless table has no text to cut a snippet from
-    snippet = f"snippet({table}, 0, ?, ?, '…', ?)" if own_snippet else "NULL"
+def _details(db, parsed: ParsedQuery, rowids: list[int], start: str, end: str) -> dict[int, dict]:
+    """The hits' messages, with FTS5's snippet (the whole query's words marked) where the text is indexed."""
+    if not rowids:
+        return {}
+    marks = ",".join("?" * len(rowids))
     rows = db.execute(
-        f"SELECT {table}.rowid AS seq, {table}.rank AS rank, {snippet} AS snippet, m.message_id, m.agent_id,"
-        " m.authored_by, m.created_at, m.thread_id, m.reply_to, m.priority, m.edits, m.content"
-        f" FROM {table} JOIN messages m ON m.rowid = {table}.rowid"
-        f" WHERE {table} MATCH ?{window} AND {conditions}{extra} ORDER BY {table}.rank LIMIT ?",
-        ([start, end, SNIPPET_TOKENS] if own_snippet else []) + [expression] + ([low] if low is not None else [])
-        + args + [limit]).fetchall()
+        "SELECT rowid AS seq, message_id, agent_id, authored_by, created_at, thread_id, reply_to, priority, edits,"
+        f" content FROM messages WHERE rowid IN ({marks})", rowids).fetchall()
+    snippets = dict(db.execute(
+        f"SELECT rowid, snippet(message_search, 0, ?, ?, '…', ?) FROM message_search WHERE message_search MATCH ?"
+        f" AND rowid IN ({marks})", [start, end, SNIPPET_TOKENS, parsed.main] + rowids).fetchall())
+    out = {}
     for r in rows:
-        score = round(-r["rank"], 6)
-        if r["seq"] in hits and hits[r["seq"]][0] >= score:
-            continue
-        text = r["snippet"] if own_snippet else _python_snippet(r["content"], terms or [], start, end)
         hit = {"message_id": r["message_id"], "author": r["agent_id"], "created_at": r["created_at"],
-               "snippet": text, "score": score, "thread_id": r["thread_id"] or "", "priority": r["priority"]}
+               "snippet": snippets.get(r["seq"]), "score": 0.0, "thread_id": r["thread_id"] or "",
+               "priority": r["priority"], "content": r["content"]}
         if r["reply_to"]:
             hit["reply_to"] = r["reply_to"]
         if r["authored_by"]:
             hit["authored_by"] = r["authored_by"]
         if r["edits"]:
             hit["edited"] = True
-        hits[r["seq"]] = (score, hit)
+        out[r["seq"]] = hit
+    return out
 
 
 # -- human output (the CLI) ------------------------------------------------------------------
