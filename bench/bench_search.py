@@ -208,10 +208,28 @@ def rebuild_cost(repo: str) -> None:
           f"{results['bulk'] / max(1, events) * 1e6:.1f} µs per event", flush=True)
 
 
-def summary(label: str, times: list[float]) -> str:
+def percentiles(times: list[float]) -> tuple[float, float]:
     ms = sorted(t * 1000 for t in times)
-    p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
-    return f"{label:<34} median {statistics.median(ms):7.2f} ms   p95 {p95:7.2f} ms   ({len(ms)} queries)"
+    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.95))]
+
+
+def summary(label: str, times: list[float]) -> str:
+    median, p95 = percentiles(times)
+    return f"{label:<34} median {median:7.2f} ms   p95 {p95:7.2f} ms   ({len(times)} queries)"
+
+
+def measure_repo(repo: str, queries: int = 200) -> dict:
+    """The numbers for a benchmark row, from a repository whose daemon runs: {messages, median_ms, p95_ms,
+    common_median_ms, index_bytes_per_message}. (bench/bench.py may call this for its search row.)"""
+    db_path = os.path.join(repo, ".thrum", "var", "messages.db")
+    sizes = index_bytes(db_path)
+    sampled, common = sample_queries(db_path, queries, seed=15)
+    median, p95 = percentiles(measure(repo, sampled))
+    common_median, _ = percentiles(measure(repo, common, repeat=5))
+    n = sizes["messages"]
+    return {"messages": n, "median_ms": median, "p95_ms": p95, "common_median_ms": common_median,
+            "index_bytes_per_message": sizes["search_bytes"] / n if n and "search_bytes" in sizes else None,
+            "queries": sampled, "common_queries": common}
 
 
 def main(argv=None) -> int:
@@ -221,6 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="sampled two-word queries (default 200)")
     ap.add_argument("--rebuild-cost", action="store_true", help="also time a rebuild with and without search")
     ap.add_argument("--keep", action="store_true", help="keep the generated repository")
+    ap.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     args = ap.parse_args(argv)
     tmp = None
     repo = args.repo
@@ -246,8 +265,16 @@ def main(argv=None) -> int:
                   f"per message (messages table {sizes['messages_table_bytes'] / n:.0f}, whole database "
                   f"{sizes['total_bytes'] / n:.0f} bytes per message)", flush=True)
         queries, common = sample_queries(db_path, args.queries, seed=15)
-        print(summary("two words of one message", measure(repo, queries)), flush=True)
-        print(summary(f"most frequent words ({common[0]!r}…)", measure(repo, common, repeat=5)), flush=True)
+        sampled_times, common_times = measure(repo, queries), measure(repo, common, repeat=5)
+        print(summary("two words of one message", sampled_times), flush=True)
+        print(summary(f"most frequent words ({common[0]!r}…)", common_times), flush=True)
+        if args.json:
+            median, p95 = percentiles(sampled_times)
+            with open(args.json, "w") as f:
+                json.dump({"messages": n, "median_ms": median, "p95_ms": p95,
+                           "common_median_ms": percentiles(common_times)[0],
+                           "index_bytes_per_message": sizes["search_bytes"] / n if "search_bytes" in sizes else None},
+                          f, indent=2)
         if args.rebuild_cost:
             thrum(repo, "daemon", "stop")
             started = False
