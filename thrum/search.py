@@ -24,11 +24,11 @@ word in most messages, most of the query's time at a million messages). So a sea
 
 1. finds its newest RANK_POOL matches, unranked (cheap: FTS5 walks postings in rowid order); past
    RANK_POOL matches only those are ranked and `searched_all` is false;
-2. ranks them by bm25 of the query without the words that (nearly) cannot change the order: a word in
-   more than a quarter of the messages (COMMON_SHARE: FTS5 weighs it at most log(3), and at 1e-6 past
-   half; only past COMMON_MIN messages, where counting them costs), and the right side of NOT (in no match). How many messages contain a word is remembered
-   (DocFrequencies), so it is counted once, not per query;
-3. when every word is in most messages (nothing left to rank by), returns the newest matches, score 0;
+2. ranks them by bm25 of the query without the words that (nearly) cannot change the order: the right
+   side of NOT (in no match), and a word in more than COMMON_SHARE of the messages (and more than
+   COMMON_MIN), which bm25 weighs at most log(3), at 1e-6 past half, and only such words are expensive
+   to count. Which words are that common is counted once and remembered (DocFrequencies);
+3. when every word is that common (nothing left to rank by), returns the newest matches, score 0;
 4. reads the hits' rows and snippets.
 
 Who may search: like `message.list`, any caller sees every message that is not deleted.
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 
-from thrum.rpc import InvalidParams, NotFound, Params
+from thrum.rpc import InvalidParams, Params
 
 __all__ = ["Search", "make_component", "parse_query", "QueryError", "SCHEMA", "BULK_POPULATE_SQL", "bulk_populate",
            "human_lines", "DEFAULT_LIMIT", "MAX_LIMIT"]
