@@ -54,6 +54,7 @@ RANK_POOL = 1000  # matches ranked at most: the newest ones
 # the order, and counting the messages that contain it is what a query of common words spends its time on.
 COMMON_SHARE = 0.25
 COMMON_MIN = 10_000  # ... and in more messages than this: below, counting them is cheap, so bm25 gets all
+MAX_THREAD = 2000   # a thread filter up to this many messages is looked up message by message in the index
 
 # Scripts written without spaces between words (and Hangul, whose words carry attached particles).
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
@@ -438,10 +439,20 @@ def _filters(service, p: Params) -> tuple[list[str], list]:
             if row is None or not row[0]:
                 break
             root = row[0]
-        where.append("(m.thread_id = ? OR m.message_id IN (WITH RECURSIVE chain(id) AS (SELECT ? UNION"
-                     " SELECT r.message_id FROM messages r JOIN chain ON r.reply_to = chain.id AND r.reply_to != '')"
-                     " SELECT id FROM chain))")
-        args += [thread, root]
+        # A thread is small: its rowids go to FTS5 itself (a lookup each), so a common word is not walked
+        # through the whole history to find the few messages of one thread.
+        rowids = [r[0] for r in service.db.execute(
+            "SELECT rowid FROM messages WHERE message_id IN (WITH RECURSIVE chain(id) AS (SELECT ? UNION"
+            " SELECT r.message_id FROM messages r JOIN chain ON r.reply_to = chain.id AND r.reply_to != '')"
+            " SELECT id FROM chain) UNION SELECT rowid FROM messages WHERE thread_id = ? AND thread_id != ''"
+            " LIMIT ?", (root, thread, MAX_THREAD + 1))]
+        if len(rowids) <= MAX_THREAD:
+            where.append("{fts}.rowid IN (" + ",".join(str(int(r)) for r in rowids or [0]) + ")")
+        else:
+            where.append("(m.thread_id = ? OR m.message_id IN (WITH RECURSIVE chain(id) AS (SELECT ? UNION"
+                         " SELECT r.message_id FROM messages r JOIN chain ON r.reply_to = chain.id"
+                         " AND r.reply_to != '') SELECT id FROM chain))")
+            args += [thread, root]
     since, until = _time_param(p, "since"), _time_param(p, "until")
     if since is not None:
         where.append("m.created_ns >= ?")
@@ -531,7 +542,8 @@ def search(service, db, p: Params, frequencies: DocFrequencies | None = None) ->
             tables.append(("message_search_cjk", True, False))
         messages = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
         for table, spaced, skip_cjk in tables:
-            candidates = _candidates(db, table, _fts(parsed.node, spaced), conditions, args, skip_cjk)
+            candidates = _candidates(db, table, _fts(parsed.node, spaced), conditions.replace("{fts}", table),
+                                     args, skip_cjk)
             searched_all = searched_all and len(candidates) < RANK_POOL
             if not candidates:
                 continue
@@ -546,8 +558,9 @@ def search(service, db, p: Params, frequencies: DocFrequencies | None = None) ->
                 hits += [(0.0, rowid, table) for rowid in candidates[:limit]]
                 continue
             wanted = set(candidates)
+            only = f" AND rowid IN ({','.join(map(str, candidates))})" if "{fts}" in conditions else ""
             ranked = [(rank, rowid) for rowid, rank in db.execute(
-                f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND rowid >= ?",
+                f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND rowid >= ?{only}",
                 (_fts(ranking, spaced), candidates[-1])) if rowid in wanted]
             ranked.sort()
             hits += [(-rank, rowid, table) for rank, rowid in ranked[:limit]]
