@@ -1546,15 +1546,17 @@ def _setup_search(c: Commands) -> None:
               cmd_search)
     p.add_argument("query", metavar="QUERY", nargs="+",
                    help='words (all must match), "a phrase", prefix*, AND / OR / NOT (upper case), ( )')
-    p.add_argument("--from", dest="author", default="", help="only messages written by this agent (@name)")
-    p.add_argument("--to", default="",
+    p.add_argument("--from", dest="author", default="", metavar="@NAME",
+                   help="only messages written by this agent")
+    p.add_argument("--to", default="", metavar="@NAME",
                    help="only messages addressed to @name (what its inbox shows: mentions of it or its role, "
                         "its groups, broadcasts), @role or @group")
-    p.add_argument("--thread", default="", help="only messages of this thread (thread id or its first message)")
-    p.add_argument("--since", default="", help="only messages from then on: 2026-01-31, an RFC 3339 time, "
-                                                "or a time ago such as 2h, 3d, 2w")
-    p.add_argument("--until", default="", help="only messages before then (same forms as --since)")
-    p.add_argument("--limit", type=int, default=20, help="hits to show (1-100, default 20)")
+    p.add_argument("--thread", default="", metavar="ID",
+                   help="only messages of this thread (a thread id, or any message of the reply chain)")
+    p.add_argument("--since", default="", metavar="WHEN",
+                   help="only messages from then on: 2026-01-31, an RFC 3339 time, or a time ago such as 2h, 3d, 2w")
+    p.add_argument("--until", default="", metavar="WHEN", help="only messages before then (same forms as --since)")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="hits to show (1-100, default 20)")
     import re
 
     p._negative_number_matcher = re.compile(r"^-\d")  # `--since -2d` reads as a time ago too
