@@ -366,3 +366,29 @@ def test_search_does_not_slow_or_break_sends(agents):
              what="every bulk message to be searchable")
     result = t.call("message.search", query="bulk", limit=100)
     assert len(result["hits"]) == 100 and result["searched_all"] is True
+
+
+def test_random_queries_over_rpc_get_hits_or_invalid_params(agents):
+    """Whatever a person types, the answer is hits or -32602, never an internal error."""
+    import random
+
+    t = agents
+    with t.client() as c:
+        for text in ("auth tokens expire", "我们讨论认证问题", "Привет мир", "a:b c^d NEAR(x y)", 'say "hi" now'):
+            send(c, "alice", text)
+    rnd = random.Random(15)
+    pieces = ['"', "*", "(", ")", "AND", "OR", "NOT", "NEAR", ":", "^", "-", "+", "auth", "认证", "мир", "a", " ",
+              "  ", "\t", "é", "\u200b", "'", "\\", "{", "}", "%", "_", "col:", "NOT(", '*"', "🙂"]
+    codes = set()
+    with RawConn(t.socket) as raw:
+        for i in range(400):
+            query = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 9)))
+            reply = raw.call("message.search", {"query": query, "limit": 5}, rid=i)
+            assert reply["id"] == i
+            if "error" in reply:
+                assert reply["error"]["code"] == -32602, (query, reply)
+                codes.add("error")
+            else:
+                assert isinstance(reply["result"]["hits"], list)
+                codes.add("result")
+    assert codes == {"error", "result"}
