@@ -551,20 +551,18 @@ def search(service, db, p: Params, frequencies: DocFrequencies | None = None) ->
             def common(term, table=table, spaced=spaced):
                 # A phrase is as costly to rank as its words are common (bm25 evaluates it in every message
                 # that has them all), so it only filters when each of its words would.
-                text, prefix = term[1], term[2]
-                words = _CJK_RE.sub(lambda m: f" {m.group(0)} ", text).split() if spaced else [text]
-                words = [w for w in re.split(r"[^\w]+", " ".join(words)) if w] if len(words) > 1 or " " in text \
-                    else words
+                text = _CJK_RE.sub(lambda m: f" {m.group(0)} ", term[1]) if spaced else term[1]
+                words = re.findall(r"\w+", text) or [term[1]]
                 for i, word in enumerate(words):
-                    n = frequencies.count(db, table, _fts(("term", word, prefix and i == len(words) - 1), spaced),
-                                          messages)
+                    last_prefix = term[2] and i == len(words) - 1
+                    n = frequencies.count(db, table, _fts(("term", word, last_prefix), spaced), messages)
                     if n <= messages * COMMON_SHARE or n <= COMMON_MIN:
                         return False
                 return True
             ranking = _ranking_node(parsed.node, common)
             if ranking is None:
-                # Every word is in most messages: bm25 weighs each at 1e-6, so its order would be noise
-                # (and counting such words is the expensive part). The newest come first instead.
+                # Every word is common: bm25 would weigh each at most log(3) (at 1e-6 past half), so its
+                # order says little, and counting such words is the expensive part. The newest come first.
                 hits += [(0.0, rowid, table) for rowid in candidates[:limit]]
                 continue
             wanted = set(candidates)
