@@ -763,8 +763,10 @@ def test_after_the_fuzzing_the_daemon_log_and_projection_are_sound(target):
     t.stop()
     # Delivery cursors and unread indexes are local bookkeeping (delivery.py, views.py, docs/guarantees.md):
     # a rebuild drops them.
+    # The full-text index is compared by what it finds (test_search.py: bulk population == triggers); its
+    # b-tree pages differ between one-at-a-time inserts and a rebuild's bulk load.
     tables = [n for n in _projection_tables(t.var / "messages.db")
-              if n not in ("delivery_cursors", "unread_index", "unread_ready")]
+              if n not in ("delivery_cursors", "unread_index", "unread_ready") and not n.startswith("message_search")]
     # Heartbeat times are deliberately not in the log (store.py, docs/guarantees.md): a rebuild drops them.
     unlogged = ("last_seen_at",)
     before = {name: table_rows(t.var / "messages.db", name, unlogged) for name in tables}

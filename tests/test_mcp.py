@@ -36,6 +36,7 @@ TOOL_FIELDS = {  # spec rpc-ws-mcp.md §7: names and input fields (C5)
     "remove_group_member": {"group", "member_type", "member_value"},
     "list_groups": set(),
     "get_group": {"name", "expand"},
+    "search_messages": {"query", "from", "to", "thread_id", "since", "until", "limit"},  # issue 15: a twelfth
 }
 
 
@@ -488,3 +489,34 @@ def test_zipapp_without_the_sdk_explains_how_to_get_it(tmp_path, thrum):
     assert proc.stdout == ""
     assert "needs the Python package `mcp`" in proc.stderr
     assert "pipx install ." in proc.stderr and "pip install 'mcp" in proc.stderr
+
+
+# -- search_messages (issue 15: the twelfth tool) -----------------------------------------------------
+
+def test_search_messages_finds_ranks_filters_and_explains_bad_queries(agents):
+    t = agents
+    with t.client() as c:
+        hit = c.call("message.send", {"caller_agent_id": "bob", "content": "the cache warmer is broken again"})
+        c.call("message.send", {"caller_agent_id": "alice", "content": "cache is fine here"})
+        c.call("message.send", {"caller_agent_id": "bob", "content": "认证问题已经解决"})
+
+    async def main():
+        async with mcp_server(t, "alice") as s:
+            both = await ok(s, "search_messages", query="cache")
+            bobs = await ok(s, "search_messages", query="cache", **{"from": "@bob"}, limit=5)
+            zh = await ok(s, "search_messages", query="认证")
+            none = await ok(s, "search_messages", query="nothing-here")
+            bad = await call(s, "search_messages", query='"open')
+            too_many = await call(s, "search_messages", query="cache", limit=500)
+            unread = unread_for(t, "alice")
+            return both, bobs, zh, none, bad, too_many, unread
+
+    both, bobs, zh, none, bad, too_many, unread = run(main)
+    assert both["count"] == 2 and all("**cache**" in h["snippet"] for h in both["hits"])
+    assert [h["message_id"] for h in bobs["hits"]] == [hit["message_id"]]
+    assert {"message_id", "author", "created_at", "snippet", "score", "thread_id"} <= set(bobs["hits"][0])
+    assert zh["count"] == 1 and "**认证**" in zh["hits"][0]["snippet"]
+    assert none["count"] == 0 and none["hits"] == []
+    assert bad.is_error and "unbalanced quote" in bad.content[0].text
+    assert too_many.is_error and "at most 100" in too_many.content[0].text
+    assert len(unread) == 2  # searching marks nothing read

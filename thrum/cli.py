@@ -1699,6 +1699,70 @@ def cmd_sent(ctx: Ctx) -> int:
     return 0
 
 
+@command("search")
+def _setup_search(c: Commands) -> None:
+    p = c.add(c.sub, "search", "Full-text search of messages, best matches first, with the matching words marked",
+              cmd_search)
+    p.add_argument("query", metavar="QUERY", nargs="+",
+                   help='words (all must match), "a phrase", prefix*, AND / OR / NOT (upper case), ( )')
+    p.add_argument("--from", dest="author", default="", metavar="@NAME",
+                   help="only messages written by this agent")
+    p.add_argument("--to", default="", metavar="@NAME",
+                   help="only messages addressed to @name (what its inbox shows: mentions of it or its role, "
+                        "its groups, broadcasts), @role or @group")
+    p.add_argument("--thread", default="", metavar="ID",
+                   help="only messages of this thread (a thread id, or any message of the reply chain)")
+    p.add_argument("--since", default="", metavar="WHEN",
+                   help="only messages from then on: 2026-01-31, an RFC 3339 time, or a time ago such as 2h, 3d, 2w")
+    p.add_argument("--until", default="", metavar="WHEN", help="only messages before then (same forms as --since)")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="hits to show (1-100, default 20)")
+    import re
+
+    p._negative_number_matcher = re.compile(r"^-\d")  # `--since -2d` reads as a time ago too
+
+
+def _when(flag: str, text: str, now: float) -> str:
+    """--since/--until: a date or RFC 3339 time as is; 2h, 3d, 2w (or -3d) ago -> an RFC 3339 time."""
+    import time
+
+    text = text.strip()
+    if not text or text[:4].isdigit() and len(text) >= 10:
+        return text
+    units = {"w": 7 * 86400, "d": 86400}
+    body = text.lstrip("-")
+    try:
+        if body[-1:] in units and body[:-1].replace(".", "", 1).isdigit():
+            secs = float(body[:-1]) * units[body[-1]]
+        else:
+            secs = abs(parse_duration(body))
+    except ValueError:
+        raise UsageError(f'invalid {flag} "{text}"', "use a date (2026-01-31), an RFC 3339 time, or a time ago "
+                         "such as 30m, 2h, 3d, 2w") from None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - secs))
+
+
+def cmd_search(ctx: Ctx) -> int:
+    import time
+
+    from thrum.search import MARK_END, MARK_START, human_lines
+
+    args = ctx.args
+    if not 1 <= args.limit <= 100:
+        raise UsageError("--limit must be between 1 and 100")
+    now = time.time()
+    params = {"query": " ".join(args.query), "limit": args.limit}
+    for key, value in (("from", args.author.lstrip("@")), ("to", args.to.lstrip("@")),
+                       ("thread_id", args.thread), ("since", _when("--since", args.since, now)),
+                       ("until", _when("--until", args.until, now))):
+        if value:
+            params[key] = value
+    if not ctx.json:
+        params["highlight"] = [MARK_START, MARK_END]
+    result = ctx.call("message.search", params)
+    ctx.emit(result, lambda r: human_lines(r, tty=sys.stdout.isatty(), ago=ago))
+    return 0
+
+
 # -- groups, team, status ---------------------------------------------------------------------
 
 @command("group")

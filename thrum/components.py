@@ -16,7 +16,7 @@ __all__ = ["COMPONENT_MODULES", "LOCK_NAME", "component_factories", "make_store"
 LOCK_NAME = "thrum.lock"
 
 # Modules that may contribute a daemon component through make_component(paths).
-COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.coordination", "thrum.delivery")
+COMPONENT_MODULES = ("thrum.sync", "thrum.push", "thrum.ws", "thrum.coordination", "thrum.delivery", "thrum.search")
 
 
 def origin_daemon_id(thrum_dir: str) -> str:

@@ -763,6 +763,47 @@ def get_group(b: Bridge, a: dict):
     return "\n".join(lines), data
 
 
+@_tool("search_messages", "Search messages", """
+    Full-text search of this repository's messages, best matches first (bm25), each hit with a snippet where
+    the matching words are marked **like this**. Query: words (all must match), "a phrase", prefix* (auth*
+    finds auth, authentication), AND / OR / NOT in capitals, parentheses; Chinese, Japanese and Korean words
+    are found inside sentences too. Filters narrow it: from (author), to (what an agent's inbox shows, or a
+    role or group), thread_id, since/until. Read-only: nothing is marked read.""",
+    _schema({
+        "query": _prop("string", 'What to search for, e.g. `auth token`, `"rate limit" OR throttl*`, '
+                       "`deploy NOT staging`.", minLength=1),
+        "from": _prop("string", "Only messages written by this agent (@name)."),
+        "to": _prop("string", "Only messages addressed to this agent (@name: mentions of it or its role, its "
+                    "groups, broadcasts), role (@role) or group (@group)."),
+        "thread_id": _prop("string", "Only messages of this thread (its thread id or first message id)."),
+        "since": _prop("string", "Only messages from this time on: RFC 3339 (2026-01-31T09:00:00Z) or a date."),
+        "until": _prop("string", "Only messages before this time: RFC 3339 or a date."),
+        "limit": _prop("integer", "Hits to return, 1-100 (default 20).", default=20, minimum=1, maximum=100),
+    }, ("query",)), readOnlyHint=True, idempotentHint=True)
+def search_messages(b: Bridge, a: dict):
+    params = {"query": a["query"], "caller_agent_id": b.name}
+    for key in ("from", "to", "thread_id", "since", "until"):
+        value = (a.get(key) or "").strip()
+        if value:
+            params[key] = value.lstrip("@") if key in ("from", "to") else value
+    if a.get("limit") is not None:
+        params["limit"] = a["limit"]
+    result = b.call("message.search", params)
+    hits = result["hits"]
+    data = {"hits": hits, "count": len(hits), "query": result["query"], "searched_all": result["searched_all"]}
+    if not hits:
+        return f"No messages match {result['query']!r}.", data
+    lines = [f"{len(hits)} message{'s' if len(hits) != 1 else ''} match {result['query']!r}, best first:"]
+    for h in hits:
+        thread = f", thread {h['thread_id']}" if h.get("thread_id") else ""
+        lines.append(f"- {h['message_id']} from @{h['author']} at {h['created_at']}{thread}: "
+                     + " ".join(h["snippet"].split()))
+    if not result["searched_all"]:
+        lines.append("(Ranked among the newest messages; narrow the search with from, to, thread_id or since to "
+                     "reach older ones.)")
+    return "\n".join(lines), data
+
+
 TOOLS_BY_NAME = {t.name: t for t in TOOLS}
 
 
@@ -806,7 +847,8 @@ def _instructions(who: str) -> str:
         f"worktrees. Through this server you are {who}. Call check_messages when you start and between tasks; "
         "answer with send_message (reply_to = the message_id); call wait_for_message to block until someone "
         "writes to you. Address agents as @name, every agent with a role as @role, a group as @group and "
-        "everyone as @everyone; list_agents and list_groups show who is there.")
+        "everyone as @everyone; list_agents and list_groups show who is there; search_messages finds earlier "
+        "messages by their words.")
 
 
 # == the MCP glue (the only part that imports the SDK) ==================================================

@@ -1067,17 +1067,19 @@ class Store:
         self._extra_appliers: dict = {}
         self._extra_derive: list[str] = []
 
-    def extend(self, schema_sql: str, appliers: dict, derive_sql: str = "") -> None:
+    def extend(self, schema_sql: str, appliers: dict, derive=None) -> None:
         """Add the tables and event appliers of another component (call before `open`).
 
         An applier is called as fn(event, ns); it writes through `store.projection.db`,
         which is the database being built during a rebuild too. A rebuild creates the
         component's indexes and triggers only after loading every event, then runs
-        `derive_sql` to fill what its triggers would have maintained.
+        `derive` (SQL text, or a function of the connection) to fill what its triggers
+        would have maintained.
         """
         self._extra_schema.append(schema_sql)
         self._extra_appliers.update(appliers)
-        self._extra_derive.append(derive_sql)
+        if derive:
+            self._extra_derive.append(derive)
 
     def _schema_sql(self) -> str:
         return _SCHEMA + "".join(self._extra_schema)
@@ -1254,9 +1256,14 @@ class Store:
                          [(rel, end, tail) for rel, (end, tail) in ends.items()])
         if progress:
             progress("reading the log (KiB)", -(-total_bytes // 1024), -(-total_bytes // 1024))
-        steps = later + _split_statements(_DERIVE_SQL + "".join(self._extra_derive))
-        for i, sql in enumerate(steps):
-            conn.execute(sql)
+        steps = later + _split_statements(_DERIVE_SQL)
+        for derive in self._extra_derive:
+            steps += [derive] if callable(derive) else _split_statements(derive)
+        for i, step in enumerate(steps):
+            if callable(step):
+                step(conn)
+            else:
+                conn.execute(step)
             if progress:
                 progress("indexing", i + 1, len(steps))
         conn.execute("COMMIT")

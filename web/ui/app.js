@@ -15,6 +15,7 @@ import {
 import { agentsView } from "./views/agents.js";
 import { feedView } from "./views/feed.js";
 import { inboxView } from "./views/inbox.js";
+import { searchView } from "./views/search.js";
 import { threadView } from "./views/thread.js";
 import { threadsView } from "./views/threads.js";
 
@@ -36,6 +37,7 @@ const ROUTES = [
   [/^\/thread\/([^/]+)\/?$/, (m) => threadView(app, decodeURIComponent(m[1]))],
   [/^\/inbox\/?$/, () => inboxView(app, state.user.user_id)],
   [/^\/inbox\/([^/]+)\/?$/, (m) => inboxView(app, decodeURIComponent(m[1]))],
+  [/^\/search\/?$/, () => searchView(app, new URLSearchParams(location.search).get("q") || "")],
 ];
 
 function notFoundView() {
@@ -296,6 +298,11 @@ function start() {
   on("agents", renderInboxes);
   on("read", () => refreshAgentsSoon(300));
   $("retry").addEventListener("click", () => conn.retryNow());
+  $("search").addEventListener("submit", (ev) => {
+    ev.preventDefault(); // the page's CSP allows no form submission: search is a client-side route
+    const q = $("search-q").value.trim();
+    if (q) navigate(`/search?q=${encodeURIComponent(q)}`);
+  });
   // last_seen times and anything a notification does not cover.
   setInterval(() => conn.state === "connected" && refreshAgentsSoon(0), 60000);
   conn.start();
