@@ -53,7 +53,7 @@ def test_wheel_contains_the_web_ui(tmp_path, env):
         proc = subprocess.run(cmd + ["--no-build-isolation"], env=env, capture_output=True, text=True,
                               timeout=300 * FACTOR)
     assert proc.returncode == 0, proc.stderr
-    wheels = list(out.glob("thrum-*.whl"))
+    wheels = list(out.glob("thrum_agents-*.whl"))  # the distribution is thrum-agents (pyproject.toml)
     assert len(wheels) == 1, wheels
     names = set(zipfile.ZipFile(wheels[0]).namelist())
     missing = [f for f in web_files() if f"thrum/web/{f}" not in names]
