@@ -130,6 +130,8 @@ def make_rows() -> list[Row]:
         Row("hook_idle", "hook", "`thrum hook claude-code after-tool` with nothing to deliver, wall, median", "ms",
             "<=", 40),
         Row("ws_notify", "ws", "send → notification.message on a subscribed WebSocket, median", "ms", "<=", 5),
+        Row("search_two_words", "search", "message.search, two words sampled from the messages, median round trip",
+            "ms", "<=", 10),
         Row("sync_merge_10k", "sync", "merge of 10K remote events (sync.force → projected)", "s", "<=", 2),
     ]
 
@@ -658,6 +660,15 @@ class Bench:
         self.rows["hook_idle"].set(median(samples), f"min {min(samples):.1f}, p90 {pct(samples, 0.9):.1f} ms; "
                                                     f"runs {runs}; {self.message_count():,} messages in the repo")
 
+    def bench_search(self) -> None:
+        from bench_search import measure_repo  # bench/ is on sys.path (this script's directory)
+
+        m = measure_repo(self.repo, queries=self.n(200, 20))
+        per = m["index_bytes_per_message"]
+        self.rows["search_two_words"].set(m["median_ms"], f"p95 {m['p95_ms']:.1f} ms; the most common words "
+                                          f"{m['common_median_ms']:.1f} ms; {m['messages']:,} messages; index "
+                                          f"{per:.0f} bytes/message" if per else "")
+
     def bench_rss(self, name: str) -> None:
         pid = self.daemon_pid
         if not pid:
@@ -1005,6 +1016,9 @@ def run(b: Bench) -> None:
     if b.group_wanted("ws"):
         log("WebSocket push …")
         guarded(b, "ws_notify", b.bench_ws)
+    if b.group_wanted("search"):
+        log("full-text search …")
+        guarded(b, "search_two_words", b.bench_search)
     if b.group_wanted("send"):
         log("message.send throughput …")
         guarded(b, ["send_sequential", "send_pipelined", "send_concurrent10"], b.bench_send)
