@@ -324,7 +324,21 @@ def _spawn_waiter(t, session: str, *, parent_args=("sh", "-c"), name="bob") -> t
     parent = subprocess.Popen([*parent_args, script], cwd=t.repo, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, start_new_session=True)
     waiter = wait_for(lambda: _child_waiter(parent.pid), 10, what="the waiter process")
+    # Ready once it holds its session's lock (its pid in the lock file): on a loaded machine a second
+    # waiter started before that would find no one to replace, and the first would replace it instead.
+    wait_for(lambda: _lock_holder(t, session) == waiter or not pid_alive(waiter), 20,
+             what="the waiter to hold its session's lock")
     return parent, waiter
+
+
+def _lock_holder(t, session: str) -> int | None:
+    from thrum.hooks import session_key
+
+    try:
+        text = (t.var / "hooks" / (session_key("claude-code", {"session_id": session}) + ".pid")).read_text()
+        return int(text.strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _child_waiter(ppid: int) -> int | None:
