@@ -556,8 +556,6 @@ INSERT INTO scope_reads SELECT r.agent_id, '~' || s.type || ':' || s.value, COUN
     FROM message_scopes s CROSS JOIN messages m ON m.message_id = s.message_id
     CROSS JOIN message_reads r ON r.message_id = s.message_id
     WHERE s.type != 'group' AND m.deleted = 0 GROUP BY 1, 2;
-INSERT INTO counters SELECT 'events', COUNT(*) FROM applied;
-INSERT INTO counters SELECT 'messages', COUNT(*) FROM messages;
 INSERT INTO counters SELECT 'live_messages', COUNT(*) FROM messages WHERE deleted = 0;
 """
 
@@ -620,6 +618,7 @@ class Projection:
         self._keysets: dict[str, int] = {}
         self._keysets_version = 0
         self._pending_rows: dict[str, list] = {}
+        self.fresh = False  # set while applying an event this daemon has just created (Store.append)
         # Bumped when an unread index is built or dropped (views.py), so the owners map is re-read.
         self.unread_version = 0
         self._owners: dict[str, set] = {}
@@ -661,8 +660,6 @@ class Projection:
         cur = self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (event["event_id"],))
         if cur.rowcount == 0:
             return False
-        if not self.bulk:
-            self._count("events", 1)
         etype = event["type"]
         fn = self.appliers.get(etype)
         if fn is None:  # unknown types stay in the log and are skipped here
@@ -876,16 +873,18 @@ class Projection:
         if self.bulk:
             return
         seq = cur.lastrowid
-        scope_keys = _scope_keys(self.db, mid)
+        scope_keys = sorted({f"~{sc.get('type', '')}:{sc.get('value', '')}" for sc in scopes
+                             if sc.get("type") != "group"})
         self.db.executemany("INSERT OR IGNORE INTO message_audience VALUES (?,?,?,?)",
                             [(k, ns, seq, author) for k in keys + scope_keys])
         self._audience(keyset, author, 1)
-        self._count("messages", 1)
         self._count("live_messages", 1)
         for k in scope_keys:
             self._scope_count(k, 1)
-        # Read markers can arrive before the message (another clone, a rebuild's file order).
-        readers = [r[0] for r in self.db.execute("SELECT agent_id FROM message_reads WHERE message_id=?", (mid,))]
+        # Read markers can arrive before the message (another clone, a rebuild's file order); a message
+        # this daemon just created has none.
+        readers = [] if self.fresh else [
+            r[0] for r in self.db.execute("SELECT agent_id FROM message_reads WHERE message_id=?", (mid,))]
         for reader in readers:
             self._reader(reader, keyset, reader == author, 1, scope_keys)
         unread_for = {a for k in keys for a in self._unread_owners().get(k, ())} - {author} - set(readers)
@@ -905,19 +904,20 @@ class Projection:
 
     def _keyset(self, keys: list[str]) -> int:
         text = "\n".join(keys)
-        if self.bulk:  # a rebuild meets the same few keysets a million times
-            if self._keysets_version != self.version:  # apply_all rolled back: the cache may lie
-                self._keysets.clear()
-                self._keysets_version = self.version
-            found = self._keysets.get(text)
-            if found is not None:
-                return found
+        # The same few keysets come a million times. Every rollback bumps `version`: a keyset
+        # cached from a transaction that was undone is then looked up again.
+        if self._keysets_version != self.version:
+            self._keysets.clear()
+            self._keysets_version = self.version
+        found = self._keysets.get(text)
+        if found is not None:
+            return found
         # The id is a hash of the keys, so a live projection and a rebuild (which meet keysets in
         # another order) agree; a collision of 56-bit hashes is not a practical concern.
         keyset = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=7).digest(), "big")
         if self.db.execute("INSERT OR IGNORE INTO keysets(keyset_id, keys) VALUES (?,?)", (keyset, text)).rowcount:
             self.db.executemany("INSERT INTO keyset_keys VALUES (?,?)", [(k, keyset) for k in keys])
-        if self.bulk and len(self._keysets) < 10000:
+        if len(self._keysets) < 10000:
             self._keysets[text] = keyset
         return keyset
 
@@ -1307,6 +1307,7 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
             db.execute("COMMIT")
         except BaseException:
+            self.projection.version += 1  # what this catch-up applied is undone
             if db.in_transaction:  # a failed COMMIT may have rolled back already
                 db.execute("ROLLBACK")
             raise
@@ -1365,16 +1366,21 @@ class Store:
         event["timestamp"] = format_ns(ns)
         event["v"] = 1
         event["origin_daemon"] = self.origin_daemon
-        return self.append_event(event, author=author, ns=ns)
+        return self.append_event(event, author=author, ns=ns, fresh=True)
 
-    def append_event(self, event: dict, *, author: str | None = None, ns: int | None = None) -> dict:
+    def append_event(self, event: dict, *, author: str | None = None, ns: int | None = None,
+                     fresh: bool = False) -> dict:
         line = encode_line(event)
         if len(line) > MAX_LINE_BYTES:
             raise EventError(f"the event is {len(line)} bytes encoded; the limit is {MAX_LINE_BYTES}")
         rel = shard_for(event, author)
         self.begin()
         self.log.stage(rel, line)
-        self.projection.apply(event, ns)
+        self.projection.fresh = fresh
+        try:
+            self.projection.apply(event, ns)
+        finally:
+            self.projection.fresh = False
         self._batch_events.append(event)
         return event
 
@@ -1395,6 +1401,7 @@ class Store:
         try:
             self._flushed = self.log.flush()
         except StorageFailure:
+            self.projection.version += 1
             self.db.execute("ROLLBACK")
             self._in_batch = False
             raise
@@ -1497,9 +1504,9 @@ class Store:
     def stats(self) -> dict:
         q = self.db.execute
         return {
-            # Counters the appliers keep: counting a million rows on every health check would not do.
-            "events": (q("SELECT n FROM counters WHERE name='events'").fetchone() or (0,))[0],
-            "messages": (q("SELECT n FROM counters WHERE name='messages'").fetchone() or (0,))[0],
+            # (migrate and backup only: counting a million ledger rows is not for an everyday path)
+            "events": q("SELECT COUNT(*) FROM applied").fetchone()[0],
+            "messages": q("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0],  # rows are never removed
             "agents": q("SELECT COUNT(*) FROM agents").fetchone()[0],
             "bad_lines": q("SELECT COUNT(*) FROM bad_lines").fetchone()[0],
         }
