@@ -100,6 +100,7 @@ _ALPHABET = st.sampled_from(list('ab *"()-:^+.NOTANDOR 认证ログイ') + ["AND
 def test_any_query_is_searchable_or_a_clear_error(query):
     db = memory_db()
     db.execute("INSERT INTO messages VALUES ('m1', 'a b 认证 ログイン ab', 0)")
+    S.index_pending(db)
     try:
         parsed = S.parse_query(query)
     except S.QueryError as exc:
@@ -111,20 +112,30 @@ def test_any_query_is_searchable_or_a_clear_error(query):
                    (parsed.spaced,)).fetchall()
 
 
-def test_the_bulk_population_matches_what_the_triggers_build():
-    texts = ["auth tokens expire", "我们需要讨论一下认证问题", "ログインできません", "café", "deleted one"]
+def test_the_bulk_population_matches_the_incremental_index():
+    """Live: each message indexed after the fact (index_pending), an indexed one deleted through the
+    triggers, one deleted and one edited before they were indexed. A rebuild: bulk_populate."""
+    texts = ["auth tokens expire", "我们需要讨论一下认证问题", "ログインできません", "café", "deleted one",
+             "gone before indexing", "draft"]
     by_trigger = memory_db()
-    for i, text in enumerate(texts):
+    for i, text in enumerate(texts[:5]):
         by_trigger.execute("INSERT INTO messages VALUES (?,?,0)", (f"m{i}", text))
+        S.index_pending(by_trigger)
     by_trigger.execute("UPDATE messages SET deleted=1 WHERE message_id='m4'")
+    by_trigger.execute("INSERT INTO messages VALUES ('m5', ?, 0)", (texts[5],))
+    by_trigger.execute("INSERT INTO messages VALUES ('m6', ?, 0)", (texts[6],))
+    by_trigger.execute("UPDATE messages SET deleted=1 WHERE message_id='m5'")
+    by_trigger.execute("UPDATE messages SET content='认证 final' WHERE message_id='m6'")
+    S.index_pending(by_trigger)
+    texts[6] = "认证 final"
     bulk = sqlite3.connect(":memory:", isolation_level=None)
     bulk.executescript("CREATE TABLE messages (message_id TEXT PRIMARY KEY, content TEXT NOT NULL DEFAULT '',"
                        " deleted INTEGER NOT NULL DEFAULT 0);")
     for i, text in enumerate(texts):
-        bulk.execute("INSERT INTO messages VALUES (?,?,?)", (f"m{i}", text, 1 if i == 4 else 0))
+        bulk.execute("INSERT INTO messages VALUES (?,?,?)", (f"m{i}", text, 1 if i in (4, 5) else 0))
     bulk.executescript(S.SCHEMA)  # triggers after the load: nothing indexed yet
     S.bulk_populate(bulk)
-    for q in ("auth", "认证", "ログイン", "cafe", "deleted", "问题 OR tokens"):
+    for q in ("auth", "认证", "ログイン", "cafe", "deleted", "问题 OR tokens", "gone", "draft", "final"):
         parsed = S.parse_query(q)
         main = [sorted(r[0] for r in db.execute("SELECT rowid FROM message_search WHERE message_search MATCH ?",
                                                  (parsed.main,))) for db in (by_trigger, bulk)]
@@ -158,6 +169,7 @@ def test_only_the_newest_matches_are_ranked_beyond_the_pool(monkeypatch):
     for i in range(1, 10):
         db.execute("INSERT INTO messages(message_id, agent_id, created_at, created_ns, content) VALUES (?,?,?,?,?)",
                    (f"m{i:02d}", "a", "2026-01-01T00:00:00Z", i, f"common word and filler {i} " * 3))
+    S.index_pending(db)
     wide = S.search(None, db, Params({"query": "common", "limit": 100}))
     assert wide["searched_all"] is False
     assert sorted(h["message_id"] for h in wide["hits"]) == ["m05", "m06", "m07", "m08", "m09"]
@@ -175,6 +187,7 @@ def test_common_words_only_filter_and_the_order_stays_bm25s(monkeypatch):
     for i, text in enumerate(texts):
         db.execute("INSERT INTO messages(message_id, agent_id, created_at, created_ns, content) VALUES (?,?,?,?,?)",
                    (f"m{i}", "a", "2026-01-01T00:00:00Z", i, text))
+    S.index_pending(db)
     full = [r[0] for r in db.execute("SELECT m.message_id FROM message_search JOIN messages m ON m.rowid ="
                                      " message_search.rowid WHERE message_search MATCH '\"common\" \"rare\"'"
                                      " ORDER BY rank")]

@@ -36,9 +36,12 @@ Who may search: like `message.list`, any caller sees every message that is not d
 
 from __future__ import annotations
 
+import logging
 import re
 
 from thrum.rpc import InvalidParams, Params
+
+log = logging.getLogger("thrum.search")
 
 __all__ = ["Search", "make_component", "parse_query", "QueryError", "SCHEMA", "BULK_POPULATE_SQL", "bulk_populate",
            "human_lines", "DEFAULT_LIMIT", "MAX_LIMIT"]
@@ -71,17 +74,18 @@ def _has_cjk(column: str) -> str:
 SCHEMA = f"""
 CREATE VIRTUAL TABLE message_search USING fts5(content, content='messages', content_rowid='rowid',
     tokenize='unicode61 remove_diacritics 2');
-CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.deleted = 0 BEGIN
-    INSERT INTO message_search(rowid, content) VALUES (new.rowid, new.content);
-END;
-CREATE TRIGGER message_search_update AFTER UPDATE OF content, deleted ON messages BEGIN
+CREATE TRIGGER message_search_update AFTER UPDATE OF content, deleted ON messages
+        WHEN old.rowid <= (SELECT upto FROM message_search_upto) BEGIN
     INSERT INTO message_search(message_search, rowid, content) SELECT 'delete', old.rowid, old.content
         WHERE old.deleted = 0;
     INSERT INTO message_search(rowid, content) SELECT new.rowid, new.content WHERE new.deleted = 0;
 END;
-CREATE TRIGGER message_search_delete AFTER DELETE ON messages WHEN old.deleted = 0 BEGIN
+CREATE TRIGGER message_search_delete AFTER DELETE ON messages
+        WHEN old.deleted = 0 AND old.rowid <= (SELECT upto FROM message_search_upto) BEGIN
     INSERT INTO message_search(message_search, rowid, content) VALUES ('delete', old.rowid, old.content);
 END;
+CREATE TABLE message_search_upto (upto INTEGER NOT NULL);
+INSERT INTO message_search_upto VALUES (0);
 CREATE VIRTUAL TABLE message_search_cjk USING fts5(content, content='', tokenize='unicode61 remove_diacritics 2');
 CREATE TABLE message_search_scratch (text TEXT NOT NULL);
 CREATE VIEW message_search_spaced(text) AS
@@ -95,15 +99,9 @@ WITH RECURSIVE
         UNION ALL SELECT n, i + 1, piece FROM chars WHERE i < length(piece))
 SELECT group_concat(CASE WHEN ch GLOB '{_CJK_GLOB}' THEN ' ' || ch || ' ' ELSE ch END, '')
     FROM (SELECT substr(piece, i, 1) AS ch FROM chars ORDER BY n, i);
-CREATE TRIGGER message_search_cjk_insert AFTER INSERT ON messages
-        WHEN new.deleted = 0 AND {_has_cjk('new.content')} BEGIN
-    INSERT INTO message_search_scratch VALUES (new.content);
-    INSERT INTO message_search_cjk(rowid, content) SELECT new.rowid, text FROM message_search_spaced;
-    DELETE FROM message_search_scratch;
-END;
 CREATE TRIGGER message_search_cjk_update AFTER UPDATE OF content, deleted ON messages
-        WHEN (old.deleted = 0 AND {_has_cjk('old.content')})
-          OR (new.deleted = 0 AND {_has_cjk('new.content')}) BEGIN
+        WHEN old.rowid <= (SELECT upto FROM message_search_upto) AND ((old.deleted = 0 AND {_has_cjk('old.content')})
+          OR (new.deleted = 0 AND {_has_cjk('new.content')})) BEGIN
     INSERT INTO message_search_scratch SELECT old.content WHERE old.deleted = 0 AND {_has_cjk('old.content')};
     INSERT INTO message_search_cjk(message_search_cjk, rowid, content)
         SELECT 'delete', old.rowid, text FROM message_search_spaced WHERE text IS NOT NULL;
@@ -114,7 +112,7 @@ CREATE TRIGGER message_search_cjk_update AFTER UPDATE OF content, deleted ON mes
     DELETE FROM message_search_scratch;
 END;
 CREATE TRIGGER message_search_cjk_delete AFTER DELETE ON messages
-        WHEN old.deleted = 0 AND {_has_cjk('old.content')} BEGIN
+        WHEN old.deleted = 0 AND old.rowid <= (SELECT upto FROM message_search_upto) AND {_has_cjk('old.content')} BEGIN
     INSERT INTO message_search_scratch VALUES (old.content);
     INSERT INTO message_search_cjk(message_search_cjk, rowid, content)
         SELECT 'delete', old.rowid, text FROM message_search_spaced;
@@ -135,13 +133,42 @@ def bulk_populate(db) -> None:
     index into one segment per table ('optimize': 1.4 s at 1,000,000 messages; queries then read one
     b-tree per word instead of dozens, about a third faster)."""
     db.execute(BULK_POPULATE_SQL)
-    for rowid, content in db.execute(BULK_CJK_ROWS_SQL).fetchall():
+    _index_cjk(db, db.execute(BULK_CJK_ROWS_SQL).fetchall())
+    db.execute("UPDATE message_search_upto SET upto = (SELECT COALESCE(MAX(rowid), 0) FROM messages)")
+    for table in ("message_search", "message_search_cjk"):
+        db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
+
+
+def _index_cjk(db, rows) -> None:
+    for rowid, content in rows:
         db.execute("INSERT INTO message_search_scratch VALUES (?)", (content,))
         db.execute("INSERT INTO message_search_cjk(rowid, content) SELECT ?, text FROM message_search_spaced",
                    (rowid,))
         db.execute("DELETE FROM message_search_scratch")
-    for table in ("message_search", "message_search_cjk"):
-        db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
+
+
+INDEX_BATCH = 2000  # messages indexed per idle-time step
+
+
+def index_pending(db, limit: int = 0) -> int:
+    """Index the messages past the watermark (`message_search_upto`), at most `limit` (0: all), inside
+    the caller's transaction; returns how many were looked at.
+
+    New messages are indexed here, after the fact, not by a trigger in the send's transaction: an FTS5
+    insert is the dearest part of a send (a segment per transaction). A search indexes what is pending
+    first, and the component does it in idle time, so a search always finds what was sent before it.
+    Edits and deletions of indexed messages go through the triggers."""
+    upto = db.execute("SELECT upto FROM message_search_upto").fetchone()[0]
+    last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
+    if last <= upto:
+        return 0
+    end = min(last, upto + limit) if limit else last
+    db.execute("INSERT INTO message_search(rowid, content) SELECT rowid, content FROM messages"
+               " WHERE rowid > ? AND rowid <= ? AND deleted = 0", (upto, end))
+    _index_cjk(db, db.execute(f"SELECT rowid, content FROM messages WHERE rowid > ? AND rowid <= ?"
+                              f" AND deleted = 0 AND {_has_cjk('content')}", (upto, end)).fetchall())
+    db.execute("UPDATE message_search_upto SET upto = ?", (end,))
+    return end - upto
 
 
 # -- the query language --------------------------------------------------------------------
@@ -371,16 +398,47 @@ class Search:
         self.frequencies = DocFrequencies()
 
     def extend_store(self, store) -> None:
-        # The triggers keep the index from then on; a rebuild creates them after loading the
-        # messages and indexes everything at once instead (9 µs a message instead of 52).
+        # New messages are indexed after the fact (index_pending); a rebuild indexes everything
+        # at once (9 µs a message).
         store.extend(SCHEMA, {}, derive=bulk_populate)
 
     def start(self, daemon) -> None:
         self.daemon = daemon
+        self.timer = None
         daemon.service.registry.add("message.search", self.rpc_search)
+        self._tick()
 
     def stop(self) -> None:
-        pass
+        if self.timer is not None:
+            self.daemon.loop.cancel(self.timer)
+            self.timer = None
+
+    def _tick(self) -> None:
+        """Idle-time indexing: a batch at a time, between write batches, so the index stays close."""
+        import sqlite3  # not at the top: the CLI imports this module for `thrum search`
+
+        self.timer = self.daemon.loop.call_later(0.5, self._tick)
+        store = self.daemon.store
+        if store.in_batch or self.db.in_transaction:
+            return
+        try:
+            self._index(INDEX_BATCH)
+        except sqlite3.Error as exc:
+            log.warning("indexing new messages for search failed: %s", exc)
+
+    def _index(self, limit: int) -> None:
+        db = self.db
+        if db.in_transaction:  # inside a write batch: its commit (or rollback) takes this along
+            index_pending(db, limit)
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            index_pending(db, limit)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     @property
     def db(self):
@@ -390,6 +448,7 @@ class Search:
         """{query, from?, to?, thread_id?, since?, until?, limit?, highlight?: [start, end]}
         → {hits: [{message_id, author, created_at, snippet, score, thread_id, ...}], query, searched_all}
         """
+        self._index(0)  # whatever was sent before this search is found by it
         return search(self.daemon.service, self.db, p, self.frequencies)
 
 
