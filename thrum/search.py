@@ -395,6 +395,7 @@ class Search:
 
     def __init__(self) -> None:
         self.daemon = None
+        self.timer = None  # stop() may come without start() (a start that failed)
         self.frequencies = DocFrequencies()
 
     def extend_store(self, store) -> None:
@@ -404,7 +405,6 @@ class Search:
 
     def start(self, daemon) -> None:
         self.daemon = daemon
-        self.timer = None
         daemon.service.registry.add("message.search", self.rpc_search)
         self._tick()
 
