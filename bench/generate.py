@@ -33,6 +33,10 @@ WORDS = ("the token refresh fails when the session expires before the retry loop
          " its own module we decided to keep the old endpoint for one more release can you take the parser"
          " ticket the benchmark regressed by ten percent after the index change rollback plan is documented"
          " merge conflict in the config loader blocked waiting on review done shipping tonight").split()
+# A vocabulary as wide as a team's: the words above plus generated ones (identifiers, names, jargon),
+# drawn Zipf-like, so a few words are in most messages and most words in few (what search meets).
+_SYLLABLES = ("ka", "to", "ri", "ne", "mo", "sa", "lu", "de", "vi", "po", "gra", "tek", "zor", "ux", "bel", "fin")
+VOCABULARY = WORDS + [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in _SYLLABLES][:5000]
 FOREIGN = ("токен обновления истёк после перезапуска", "令牌刷新失败 需要重新登录", "トークンの更新に失敗しました",
            "сервер синхронизации недоступен", "数据库迁移已完成")
 
@@ -138,6 +142,10 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
             out.add("events.jsonl", event("agent.session.end", t0 + 3 * 3600 * 10**9, session_id=sid,
                                           reason="normal"))
     members = {g: sorted(team.expand(g)) for g in GROUPS}
+    vocab_weights, acc = [], 0.0
+    for k in range(len(VOCABULARY)):
+        acc += 1 / (k + 1)
+        vocab_weights.append(acc)
     # How much each agent talks: Zipf-like (the busiest ~10% of all messages), in a shuffled order.
     weights = [1 / (k + 1) ** 0.8 for k in range(len(team.agents))]
     rng.shuffle(weights)
@@ -196,7 +204,7 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
         if rng.random() < 0.5:
             scopes.append({"type": "module", "value": MODULES[rng.randrange(len(MODULES))]})
         words = rng.randint(6, 60)
-        text = " ".join(WORDS[rng.randrange(len(WORDS))] for _ in range(words))
+        text = " ".join(rng.choices(VOCABULARY, cum_weights=vocab_weights, k=words))
         if rng.random() < 0.01:
             text += " " + FOREIGN[rng.randrange(len(FOREIGN))]
         fields = {"message_id": mid, "agent_id": author, "session_id": sid,
