@@ -431,6 +431,9 @@ class Search:
         if db.in_transaction:  # inside a write batch: its commit (or rollback) takes this along
             index_pending(db, limit)
             return
+        upto = db.execute("SELECT upto FROM message_search_upto").fetchone()[0]
+        if db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0] <= upto:
+            return  # nothing new: no write transaction every half second while idle
         db.execute("BEGIN IMMEDIATE")
         try:
             index_pending(db, limit)
