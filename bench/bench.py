@@ -125,6 +125,8 @@ def make_rows() -> list[Row]:
         Row("daemon_ready", "startup", "daemon spawn → health answers (projection present), median", "s",
             "<=", 1),
         Row("rebuild", "rebuild", "`thrum migrate --rebuild` of the whole log, wall, median", "s", "<=", 3),
+        Row("rss_rebuild", "rebuild", "daemon VmHWM after a start without a projection (it rebuilds first)", "MiB",
+            "<=", 60),
         Row("rss_10k", "rss", "daemon VmRSS at ~10K messages, after list + CLI load", "MiB", "<=", 60),
         Row("rss_after_sends", "rss", "daemon VmRSS after the send load too", "MiB", "<=", 60),
         Row("hook_idle", "hook", "`thrum hook claude-code after-tool` with nothing to deliver, wall, median", "ms",
@@ -526,6 +528,14 @@ class Bench:
             inner.append(data["seconds"])
         row.set(median(walls), f"in-process make_store+rebuild {median(inner):.2f}s; {data['events']} events, "
                                 f"{data['messages']} messages; runs {len(walls)}")
+        if self.row_wanted("rss_rebuild"):
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(os.path.join(self.var, "messages.db" + suffix)):
+                    os.remove(os.path.join(self.var, "messages.db" + suffix))
+            status: dict = {}
+            took = self._one_start(timeout=3600, on_ready=lambda pid: status.update(proc_status(pid)))
+            self.rows["rss_rebuild"].set(status["VmHWM"] / 1024, f"VmRSS when ready {status['VmRSS'] / 1024:.1f} MiB;"
+                                                                 f" start with the rebuild {took:.1f}s")
 
     def bench_startup(self) -> None:
         row = self.rows["daemon_ready"]
@@ -538,7 +548,7 @@ class Bench:
         row.set(median(times), f"runs {runs} after 1 warm-up, min {min(times):.3f}s, max {max(times):.3f}s; "
                                "`python -m thrum daemon run` (bytecode compiled)")
 
-    def _one_start(self) -> float:
+    def _one_start(self, timeout: float = 30, on_ready=None) -> float:
         logf = open(os.path.join(self.tmp, "daemon-startup.log"), "ab")
         t0 = time.perf_counter()
         proc = subprocess.Popen([self.python, "-m", "thrum", "daemon", "run", "--repo", self.repo], cwd=self.repo,
@@ -548,12 +558,14 @@ class Bench:
         self.children.append(proc)
         try:
             # A fixed 1 ms poll: a growing interval would quantize every run to the same few values.
-            wait_until(lambda: proc.poll() is not None or self.health_ok(), 30, "the daemon to answer health",
+            wait_until(lambda: proc.poll() is not None or self.health_ok(), timeout, "the daemon to answer health",
                        interval=0.001, growth=1.0)
             elapsed = time.perf_counter() - t0
             if proc.poll() is not None:
                 raise RuntimeError(f"the daemon exited during start-up (code {proc.returncode}); see "
                                    f"{os.path.join(self.tmp, 'daemon-startup.log')}")
+            if on_ready is not None:
+                on_ready(proc.pid)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -989,7 +1001,7 @@ def run(b: Bench) -> None:
     log(f"dataset: {b.dataset}")
     if b.group_wanted("rebuild"):
         log("rebuild …")
-        guarded(b, "rebuild", b.bench_rebuild)
+        guarded(b, ["rebuild", "rss_rebuild"], b.bench_rebuild)
     if b.group_wanted("startup"):
         log("daemon start-up …")
         guarded(b, "daemon_ready", b.bench_startup)

@@ -10,7 +10,9 @@ branch. Lines read from the log are never re-encoded: dedup is by `event_id`.
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
+import re
 import time
 
 __all__ = [
@@ -47,12 +49,21 @@ def encode_line(event: dict) -> bytes:
         raise EventError(f"text is not valid Unicode: {exc.reason}") from None
 
 
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
+
+
 def decode_line(line: bytes) -> dict:
     """Parse one log line; raise EventError if it is not a JSON object with a type."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # a line nested ~1000 deep (another writer)
-        raise EventError(f"not JSON: {exc}") from None
+    try:  # the common case without json.loads' encoding detection and wrappers (~20% of a decode)
+        text = line.decode("utf-8")
+        obj, end = _scan_json(text, 0)
+        if end != len(text) and text[end:].strip():
+            raise ValueError
+    except (ValueError, StopIteration, RecursionError):
+        try:  # anything unusual: json.loads decides, and words the error
+            obj = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # a line nested ~1000 deep (another writer)
+            raise EventError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise EventError("not an event object")
     return obj
@@ -107,8 +118,28 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146097 + doe - 719468
 
 
+_CANONICAL_TS = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z", re.ASCII)
+_MIDNIGHTS: dict[str, int] = {}  # 'YYYY-MM-DD' -> its midnight in seconds since the epoch
+
+
 def parse_timestamp_ns(text: str) -> int:
     """Parse an RFC3339 timestamp (any fraction length, Z or offset) to ns since the epoch."""
+    # The form thrum and Go write (UTC, up to 9 fraction digits) takes a shortcut: a rebuild
+    # parses a million of them.
+    m = _CANONICAL_TS.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        return _parse_timestamp_general(text)
+    day, h, mi, s, frac = m.groups()  # the same arithmetic as the general parser, fewer steps
+    midnight = _MIDNIGHTS.get(day)
+    if midnight is None:
+        if len(_MIDNIGHTS) >= 100_000:
+            _MIDNIGHTS.clear()
+        midnight = _MIDNIGHTS[day] = _days_from_civil(int(day[0:4]), int(day[5:7]), int(day[8:10])) * 86400
+    secs = midnight + int(h) * 3600 + int(mi) * 60 + int(s)
+    return secs * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+
+
+def _parse_timestamp_general(text: str) -> int:
     try:
         if not isinstance(text, str) or len(text) < 20 or text[4] != "-" or text[10] not in "Tt ":
             raise ValueError
