@@ -118,6 +118,11 @@ class LogReader:
             code = 1
             try:
                 os.close(r)
+                # Not the daemon's handlers or wake-up fd: a signal ends the child, and the parent
+                # notices the missing end frame.
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
                 with os.fdopen(w, "wb", buffering=1 << 16) as out:
                     for frame in self._frames():
                         pickle.dump(frame, out, protocol=pickle.HIGHEST_PROTOCOL)
