@@ -1,6 +1,7 @@
 """Benchmarks of git sync: a 10,000-event merge, and delivery across two clones.
 
     python3 bench/bench_sync.py [--row sync_merge_10k|cross_clone_delivery|all] [--events N] [--json]
+    python3 bench/bench_sync.py --row sync_merge_100k_at_1m --repo GENERATED_1M_REPO [--runs 3] [--tmpdir DIR]
 
 Row `sync_merge_10k` (target: <= 2 s):
 
@@ -23,7 +24,16 @@ send -> the waiter returns it. Probes and fetches per minute come from `sync.sta
 (`probes_last_hour`, `fetches_last_hour`): while the messages flow (active), and over
 a minute with both daemons restarted and nobody using them (idle).
 
-`run()` and `run_cross_clone()` return the numbers as dicts.
+Row `sync_merge_100k_at_1m` (targets: <= 5 s, daemon VmRSS and VmHWM <= 60 MiB; only with
+`--row sync_merge_100k_at_1m`): a copy of a generated repository (`--repo`, e.g. one kept by
+`bench.py --generate 1000000 --keep`; else one is generated), a bare remote of its a-sync
+(pushed packs kept as packs), and a peer clone of the same 50-agent team that pushes
+100,000 events of its last 30 days (bench/generate.py: messages, threads, edits, read
+markers, receipts; most shards grow). Timed: `sync.force {wait: true}` on the copy's daemon
+(fetch, merge, projection, commit); then VmRSS and VmHWM from /proc (the peak is reset
+just before the round, so it is the merge's own; the start-up peak is reported apart).
+
+`run()`, `run_cross_clone()` and `run_at_scale()` return the numbers as dicts.
 """
 
 from __future__ import annotations
