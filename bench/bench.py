@@ -135,6 +135,11 @@ def make_rows() -> list[Row]:
         Row("search_two_words", "search", "message.search, two words sampled from the messages, median round trip",
             "ms", "<=", 10),
         Row("sync_merge_10k", "sync", "merge of 10K remote events (sync.force → projected)", "s", "<=", 2),
+        # On a copy of the repository (~3 GB at 1M: mind --tmpdir); the target is for 1M (bench_sync.py).
+        Row("sync_merge_100k_at_1m", "sync_scale", "merge of a peer's 100K remote events into a copy of this "
+            "repository (sync.force → projected and committed)", "s", "<=", 5),
+        Row("rss_after_merge", "sync_scale", "daemon VmRSS after that merge (VmHWM in the detail)", "MiB", "<=",
+            60),
     ]
 
 
@@ -892,6 +897,24 @@ class Bench:
             row.set(elapsed, f"{count} message.create events + 1 agent.register from a peer clone")
 
 
+    def bench_sync_scale(self) -> None:
+        """bench_sync.run_at_scale on a copy of this repository (the daemon is stopped for the copy)."""
+        from bench_sync import run_at_scale
+
+        self.stop_daemon()
+        events = self.n(100_000, 1_000)
+        r = run_at_scale(self.repo, events=events, tmpdir=self.tmp)
+        if not r["ok"]:
+            raise RuntimeError(f"the merge round failed: {r['error']}")
+        self.rows["sync_merge_100k_at_1m"].set(
+            r["wall_s"], f"{r['remote_events']:,} events ({r['remote_messages']:,} messages) into "
+            f"{r['messages_before']:,} messages (the target is for 100K into 1M); round {r['round_s']:.2f} s"
+            + ("; --quick: not scaled" if events != 100_000 else ""))
+        self.rows["rss_after_merge"].set(
+            r["rss_after_mib"], f"VmHWM during the merge {r['hwm_merge_mib']:.1f} MiB, since daemon start "
+            f"{r['hwm_since_start_mib']:.1f} MiB; before the merge {r['rss_before_mib']:.1f} MiB")
+
+
 def _site_dirs(python: str) -> list[str]:
     """purelib and platlib of an interpreter (a venv's own site-packages for a venv's python)."""
     out = subprocess.run([python, "-I", "-c", "import sysconfig; p = sysconfig.get_paths(); "
@@ -1039,6 +1062,9 @@ def run(b: Bench) -> None:
     if b.group_wanted("sync") and not a.profile_daemon:
         log("sync merge …")
         guarded(b, "sync_merge_10k", b.bench_sync)
+    if b.group_wanted("sync_scale") and not a.profile_daemon:
+        log("sync merge of a peer's remote events into a copy of the repository …")
+        guarded(b, ["sync_merge_100k_at_1m", "rss_after_merge"], b.bench_sync_scale)
     for row in b.rows.values():
         if row.status == "not run" and not b.row_wanted(row.name):
             row.mark("skipped", "not selected by --only")

@@ -1,6 +1,7 @@
 """Benchmarks of git sync: a 10,000-event merge, and delivery across two clones.
 
     python3 bench/bench_sync.py [--row sync_merge_10k|cross_clone_delivery|all] [--events N] [--json]
+    python3 bench/bench_sync.py --row sync_merge_100k_at_1m --repo GENERATED_1M_REPO [--runs 3] [--tmpdir DIR]
 
 Row `sync_merge_10k` (target: <= 2 s):
 
@@ -23,7 +24,16 @@ send -> the waiter returns it. Probes and fetches per minute come from `sync.sta
 (`probes_last_hour`, `fetches_last_hour`): while the messages flow (active), and over
 a minute with both daemons restarted and nobody using them (idle).
 
-`run()` and `run_cross_clone()` return the numbers as dicts.
+Row `sync_merge_100k_at_1m` (targets: <= 5 s, daemon VmRSS and VmHWM <= 60 MiB; only with
+`--row sync_merge_100k_at_1m`): a copy of a generated repository (`--repo`, e.g. one kept by
+`bench.py --generate 1000000 --keep`; else one is generated), a bare remote of its a-sync
+(pushed packs kept as packs), and a peer clone of the same 50-agent team that pushes
+100,000 events of its last 30 days (bench/generate.py: messages, threads, edits, read
+markers, receipts; most shards grow). Timed: `sync.force {wait: true}` on the copy's daemon
+(fetch, merge, projection, commit); then VmRSS and VmHWM from /proc (the peak is reset
+just before the round, so it is the merge's own; the start-up peak is reported apart).
+
+`run()`, `run_cross_clone()` and `run_at_scale()` return the numbers as dicts.
 """
 
 from __future__ import annotations
@@ -199,6 +209,200 @@ def run(events: int = 10_000, use_fixture: bool = True, keep: bool = False) -> d
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- sync_merge_100k_at_1m -------------------------------------------------------------------------
+
+SCALE_EVENTS = 100_000
+SCALE_TARGET_S = 5.0
+SCALE_RSS_MIB = 60.0
+PEER_SPAN_NS = 30 * 86400 * 10**9  # the peer's events: its last 30 days (it was offline that long)
+
+
+def _copy_repo(source: Path, dest: Path, env: dict) -> None:
+    """cp -a of a repository with its a-sync worktree, re-pointed at the copy.
+
+    A linked worktree's `.git` file and its admin dir's `gitdir` hold absolute paths: a plain
+    copy would still run every git call of the sync worktree on the *original* repository.
+    """
+    if (source / ".thrum" / "var" / "thrum.sock").exists():
+        raise RuntimeError(f"{source} has a running daemon (stop it first: a live database is not copied)")
+    subprocess.run(["cp", "-a", str(source), str(dest)], check=True, timeout=1800)
+    for sock in ("thrum.sock", "thrum.pid"):
+        (dest / ".thrum" / "var" / sock).unlink(missing_ok=True)
+    sync_dir = dest / ".git" / "thrum-sync" / "a-sync"
+    admin = dest / ".git" / "worktrees" / "a-sync"
+    (sync_dir / ".git").write_text(f"gitdir: {admin}\n")
+    (admin / "gitdir").write_text(f"{sync_dir / '.git'}\n")
+    if Path(_git(sync_dir, "rev-parse", "--git-common-dir", env=env)).resolve() != (dest / ".git").resolve():
+        raise RuntimeError("the copied sync worktree still points elsewhere")
+
+
+def _proc_status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024  # MiB
+    return out
+
+
+def _daemon_pid(repo: Path) -> int:
+    return int(json.loads((repo / ".thrum" / "var" / "thrum.pid").read_text())["pid"])
+
+
+def _call(sock: str, method: str, params: dict | None = None, timeout: float = 60):
+    sys.path.insert(0, str(ROOT))
+    from thrum.rpc import Client
+
+    with Client(sock, timeout=timeout) as client:
+        return client.call(method, params or {})
+
+
+def _generate_repo(tmp: Path, count: int, env: dict) -> Path:
+    """A repository with a generated history of `count` messages (as `bench.py --generate`)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from generate import setup_team, write_history
+
+    repo = tmp / "generated"
+    repo.mkdir()
+    _git(repo, "init", "-q", env=env)
+    (repo / "README.md").write_text("bench repo\n")
+    _git(repo, "add", "README.md", env=env)
+    _git(repo, "commit", "-q", "-m", "initial", env=env)
+    _thrum(repo, "init", env=env)
+    _thrum(repo, "daemon", "start", env=env)
+    sock = str(repo / ".thrum" / "var" / "thrum.sock")
+
+    def thrum(*args, name=None):
+        return _thrum(repo, *args, env={**env, "THRUM_NAME": name} if name else env)
+    team = setup_team(lambda m, p=None: _call(sock, m, p), thrum, 50)
+    _thrum(repo, "daemon", "stop", env=env)
+    write_history(str(repo / ".git" / "thrum-sync" / "a-sync"), team, count)
+    (repo / ".thrum" / "var" / "messages.db").unlink()
+    _thrum(repo, "migrate", "--rebuild", env=env)
+    return repo
+
+
+def run_at_scale(source: str | None = None, generate: int = 1_000_000, events: int = SCALE_EVENTS,
+                 tmpdir: str | None = None, keep: bool = False) -> dict:
+    """Row `sync_merge_100k_at_1m`: see the module docstring."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from generate import Team, write_history
+
+    tmp = Path(tempfile.mkdtemp(prefix="thrum-bench-merge-", dir=tmpdir))
+    env = _bench_env(tmp, {"THRUM_SYNC_INTERVAL": "3600", "THRUM_SYNC_DEBOUNCE": "0",
+                           "THRUM_SYNC_PROBE_INTERVAL": "0", "THRUM_WS_PORT": "0"})
+    reader = tmp / "reader"
+    setup: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        src = Path(source).resolve() if source else _generate_repo(tmp, generate, env)
+        _copy_repo(src, reader, env)
+        if not source:
+            shutil.rmtree(src)
+        setup["copy_s"] = time.perf_counter() - t0
+        sync_dir = reader / ".git" / "thrum-sync" / "a-sync"
+        cfg_path = reader / ".thrum" / "config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        cfg["local_only"] = False
+        cfg.setdefault("daemon", {})["local_only"] = False
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+        # The shared remote: a bare clone of a-sync (hard links, no pack written), then the
+        # reader's daemon syncs once with it (it commits anything uncommitted and pushes).
+        t0 = time.perf_counter()
+        remote = tmp / "remote.git"
+        _git(tmp, "clone", "-q", "--bare", "--local", "--single-branch", "--branch", "a-sync", str(reader),
+             str(remote), env=env)
+        # Keep pushed packs as packs, as hosting services do. With git's default (a push of
+        # fewer than 100 objects is unpacked into loose whole blobs) every fetch of a shard
+        # recomputes its delta: ~45 s for this fetch at 1M, the remote's CPU, not thrum's.
+        _git(remote, "config", "receive.unpackLimit", "1", env=env)
+        for name in _git(reader, "remote", env=env).split():
+            _git(reader, "remote", "remove", name, env=env)
+        _git(reader, "remote", "add", "origin", str(remote), env=env)
+        _thrum(reader, "daemon", "start", env=env)
+        sock = str(reader / ".thrum" / "var" / "thrum.sock")
+        first, _ = _force(sock)
+        if not first.get("ok"):
+            raise RuntimeError(f"first sync round failed: {first.get('last_error')}")
+        setup["first_round_s"] = time.perf_counter() - t0
+
+        # The peer: another clone of the same team, back from 30 days offline with `events` events.
+        t0 = time.perf_counter()
+        peer = tmp / "peer"
+        _git(tmp, "clone", "-q", "--local", "--branch", "a-sync", "--single-branch", str(remote), str(peer), env=env)
+        # The team of bench/generate.py (and of the Go fixture): as many agents as the highest shard number says.
+        shards = [p.stem for p in (peer / "messages").glob("*.jsonl")] if (peer / "messages").is_dir() else []
+        numbers = [int(n) for n in (s.rsplit("_", 1)[-1] for s in shards) if n.isdigit()]
+        team = Team(max(numbers) + 1 if numbers else 50)
+        stats = write_history(str(peer), team, events, seed=2, origin="d_benchpeer", end_ns=time.time_ns(),
+                              span_ns=PEER_SPAN_NS, sessions_per_agent=1, max_events=events)
+        _git(peer, "add", "-A", env=env)
+        _git(peer, "commit", "-q", "-m", f"bench: {stats['events']} remote events", env=env)
+        _git(peer, "push", "-q", "origin", "a-sync", env=env)
+        setup["peer_s"] = time.perf_counter() - t0
+        shutil.rmtree(peer)
+
+        pid = _daemon_pid(reader)
+        before = _call(sock, "message.list", {"page_size": 1, "include_deleted": True})["total"]
+        idle = _proc_status(pid)
+        with open(f"/proc/{pid}/clear_refs", "w") as f:  # VmHWM := VmRSS: the peak of the merge alone
+            f.write("5")
+        t0 = time.perf_counter()
+        result, wall = _force(sock)
+        after_status = _proc_status(pid)
+        after = _call(sock, "message.list", {"page_size": 1, "include_deleted": True})["total"]
+        if after - before != stats["messages"]:
+            raise RuntimeError(f"{after - before} messages projected, {stats['messages']} expected")
+        _thrum(reader, "daemon", "stop", env=env)
+        return {
+            "remote_events": stats["events"], "remote_messages": stats["messages"],
+            "pulled": result.get("pulled"), "round_s": result.get("duration_ms", 0) / 1000, "wall_s": round(wall, 3),
+            "ok": result.get("ok"), "error": result.get("last_error", "") if not result.get("ok") else "", "fast_forward": result.get("fast_forward"),
+            "messages_before": before, "rss_before_mib": round(idle["VmRSS"], 1), "hwm_since_start_mib":
+            round(max(idle["VmHWM"], after_status["VmHWM"]), 1), "rss_after_mib": round(after_status["VmRSS"], 1),
+            "hwm_merge_mib": round(after_status["VmHWM"], 1),
+            "setup": {k: round(v, 1) for k, v in setup.items()},
+            "target_s": SCALE_TARGET_S, "target_rss_mib": SCALE_RSS_MIB,
+            "meets_time": wall <= SCALE_TARGET_S,
+            "meets_rss": max(after_status["VmRSS"], after_status["VmHWM"]) <= SCALE_RSS_MIB,
+        }
+    finally:
+        if (reader / ".thrum" / "var" / "thrum.sock").exists():
+            subprocess.run([sys.executable, "-m", "thrum", "daemon", "stop"], cwd=reader, env=env,
+                           capture_output=True, timeout=60)
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per figure, the median over the runs (the other fields from the run with the median time)."""
+    import statistics
+
+    out = dict(sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2])
+    for key in ("wall_s", "round_s", "rss_before_mib", "rss_after_mib", "hwm_merge_mib", "hwm_since_start_mib"):
+        out[key] = round(statistics.median(r[key] for r in runs), 3)
+    out["runs"] = [{k: r[k] for k in ("wall_s", "rss_after_mib", "hwm_merge_mib", "hwm_since_start_mib")}
+                   for r in runs]
+    out["ok"] = all(r["ok"] for r in runs)
+    out["meets_time"] = out["wall_s"] <= SCALE_TARGET_S
+    out["meets_rss"] = max(out["rss_after_mib"], out["hwm_merge_mib"]) <= SCALE_RSS_MIB
+    return out
+
+
+def _print_scale(r: dict) -> None:
+    print(f"sync_merge_100k_at_1m: {r['remote_events']:,} remote events ({r['remote_messages']:,} messages) into "
+          f"{r['messages_before']:,} messages: {r['wall_s']:.2f} s (round {r['round_s']:.2f} s; target <= "
+          f"{SCALE_TARGET_S:g} s: {'ok' if r['meets_time'] else 'MISSED'})")
+    print(f"  daemon VmRSS {r['rss_before_mib']:.1f} MiB before, {r['rss_after_mib']:.1f} MiB after; VmHWM during "
+          f"the merge {r['hwm_merge_mib']:.1f} MiB, since start {r['hwm_since_start_mib']:.1f} MiB (target <= "
+          f"{SCALE_RSS_MIB:g} MiB: {'ok' if r['meets_rss'] else 'MISSED'})")
+    print(f"  set-up: {r['setup']}")
+
+
 # -- cross_clone_delivery -------------------------------------------------------------------------
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -365,7 +569,17 @@ def _print_cross(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--row", choices=["sync_merge_10k", "cross_clone_delivery", "all"], default="all")
+    ap.add_argument("--row", choices=["sync_merge_10k", "cross_clone_delivery", "sync_merge_100k_at_1m", "all"],
+                    default="all", help="all = the first two (sync_merge_100k_at_1m copies a 1M repository: "
+                    "only when named)")
+    ap.add_argument("--repo", help="sync_merge_100k_at_1m: a generated repository to copy (bench.py --generate "
+                    "1000000 --keep); without it one is generated (minutes)")
+    ap.add_argument("--generate", type=int, default=1_000_000, help="sync_merge_100k_at_1m: messages to "
+                    "generate when no --repo is given")
+    ap.add_argument("--remote-events", type=int, default=SCALE_EVENTS, help="sync_merge_100k_at_1m: events the "
+                    "peer pushes")
+    ap.add_argument("--runs", type=int, default=1, help="sync_merge_100k_at_1m: runs (medians are reported)")
+    ap.add_argument("--tmpdir", help="where the temp dirs go (the 1M copy needs ~3 GB)")
     ap.add_argument("--events", type=int, default=10_000, help="synthetic events when the fixture is absent")
     ap.add_argument("--synthetic", action="store_true", help="do not use the Go fixture")
     ap.add_argument("--messages", type=int, default=20, help="cross_clone_delivery: messages sent")
@@ -379,6 +593,18 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and r["meets_target"] and r["merge_ok"]
         if not args.json:
             _print_merge(r)
+    if args.row == "sync_merge_100k_at_1m":
+        runs = []
+        for i in range(args.runs):
+            r = run_at_scale(args.repo, args.generate, args.remote_events, args.tmpdir, args.keep)
+            runs.append(r)
+            if not args.json:
+                _print_scale(r)
+        r = results["sync_merge_100k_at_1m"] = _median_run(runs)
+        ok = ok and r["meets_time"] and r["meets_rss"] and r["ok"]
+        if not args.json and len(runs) > 1:
+            print(f"median of {len(runs)} runs:")
+            _print_scale(r)
     if args.row in ("cross_clone_delivery", "all"):
         r = results["cross_clone_delivery"] = run_cross_clone(args.messages, args.idle_seconds, keep=args.keep)
         ok = ok and r["meets_target"]

@@ -94,11 +94,13 @@ class _Writer:
         self.buffers: dict[str, list[bytes]] = {}
         self.pending = 0
         self.bytes = 0
+        self.events = 0
 
     def add(self, rel: str, event: dict) -> None:
         line = encode_line(event)
         self.buffers.setdefault(rel, []).append(line)
         self.pending += 1
+        self.events += 1
         self.bytes += len(line)
         if self.pending >= 20000:
             self.flush()
@@ -114,13 +116,19 @@ class _Writer:
 
 
 def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origin: str = "d_generated",
-                  progress=None) -> dict:
-    """Append `count` messages and the team's edits, deletions, reads and receipts; returns counts."""
+                  progress=None, end_ns: int | None = None, span_ns: int = YEAR_NS, sessions_per_agent: int = 10,
+                  max_events: int | None = None) -> dict:
+    """Append `count` messages and the team's edits, deletions, reads and receipts; returns counts.
+
+    By default a year that ends an hour ago; `end_ns`/`span_ns` place it elsewhere (another
+    clone's recent work, bench_sync.py). With `max_events`, no message is started once that
+    many events were written (so the total ends at most a few read markers above it).
+    """
     rng = random.Random(seed)
     out = _Writer(sync_dir)
-    end = now_ns() - 3600 * 10**9  # an hour ago: the quickstart sessions stay the newest events
-    start = end - YEAR_NS
-    step = YEAR_NS // max(count, 1)
+    end = now_ns() - 3600 * 10**9 if end_ns is None else end_ns  # an hour ago: quickstart sessions stay newest
+    start = end - span_ns
+    step = span_ns // max(count, 1)
     seq = 0
 
     def event(etype: str, ns: int, **fields) -> dict:
@@ -134,7 +142,7 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
     # Past sessions: ten per agent, spread over the year, each a start and an end.
     sessions: dict[str, list[tuple[int, str]]] = {}
     for a in team.agents:
-        spans = sorted(rng.randrange(start, end) for _ in range(10))
+        spans = sorted(rng.randrange(start, end) for _ in range(sessions_per_agent))
         for k, t0 in enumerate(spans):
             sid = "ses_" + deterministic_ulid(t0 // 1_000_000, f"{a}:{k}".encode())
             sessions.setdefault(a, []).append((t0, sid))
@@ -160,6 +168,8 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
     stats = {"messages": 0, "edits": 0, "deletes": 0, "read_events": 0, "reads": 0, "delivered_events": 0,
              "broadcasts": 0, "threads": 0}
     for i in range(count):
+        if max_events is not None and out.events >= max_events:
+            break
         ns = start + i * step + rng.randrange(step)
         author = rng.choices(team.agents, cum_weights=talk)[0]  # a few agents talk most
         sid = next((s for t, s in reversed(sessions[author]) if t <= ns), sessions[author][0][1])
@@ -264,5 +274,6 @@ def write_history(sync_dir: str, team: Team, count: int, *, seed: int = 1, origi
             progress(i + 1, count)
     out.flush()
     stats["log_bytes"] = out.bytes
+    stats["events"] = out.events
     stats["unread_left"] = sum(len(v) for v in unread.values())
     return stats

@@ -254,3 +254,28 @@ def test_rounds_after_writes_are_spaced_by_their_own_cost(tmp_path):
     assert loop.write_delay() == loop.debounce  # a lone write after a quiet spell
     loop.write_round_at = sync.time.monotonic()
     assert loop.write_delay() > sync.WRITE_ROUND_SPACING - 0.1  # a stream: at most one round a second
+
+
+# -- added_lines: what a merge takes from `git diff-tree -p -U0` of one file ---------------------
+
+def test_added_lines_are_the_plus_lines_of_the_hunks_whatever_they_hold():
+    diff = (b"diff --git a/messages/a.jsonl b/messages/a.jsonl\nindex 1..2 100644\n--- a/messages/a.jsonl\n"
+            b"+++ b/messages/a.jsonl\n@@ -2,0 +3,3 @@\n+{\"n\":1}\n++++ not a header\n+@@ -1 +1 @@\n")
+    assert sync.added_lines(diff) == [b'{"n":1}', b"+++ not a header", b"@@ -1 +1 @@"]
+
+
+def test_added_lines_of_a_new_file_and_of_a_rewritten_one():
+    new_file = (b"diff --git a/m b/m\nnew file mode 100644\nindex 0..1\n--- /dev/null\n+++ b/m\n"
+                b"@@ -0,0 +1,2 @@\n+l1\n+l2\n")
+    assert sync.added_lines(new_file) == [b"l1", b"l2"]
+    rewritten = b"diff --git a/m b/m\n--- a/m\n+++ b/m\n@@ -1,2 +1 @@\n-l1\n-l2\n+l3\n@@ -5 +4,0 @@\n-l4\n"
+    assert sync.added_lines(rewritten) == [b"l3"]  # removals never remove anything: the log is a union
+
+
+def test_added_lines_leave_a_line_still_being_written():
+    partial = b"--- a/m\n+++ b/m\n@@ -3,0 +4,2 @@\n+done\n+half\n\\ No newline at end of file\n"
+    assert sync.added_lines(partial) == [b"done"]
+    # The next version completes it: against the old one (whose last line had no newline) it is added.
+    completed = (b"--- a/m\n+++ b/m\n@@ -5 +5,2 @@\n-half\n\\ No newline at end of file\n+half and done\n"
+                 b"+next\n")
+    assert sync.added_lines(completed) == [b"half and done", b"next"]

@@ -282,6 +282,7 @@ LOCK_NAME = "sync.lock"
 GIT_TIMEOUT = 30.0
 PUSH_ATTEMPTS = 5          # a rejected push is retried from the fetch this many times in one round
 WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop serves requests between)
+MERGE_FILES_AT_ONCE = 2    # remote files whose new lines are read (git diff-tree) at the same time
 BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
 DEFAULT_INTERVAL = 60
 DEFAULT_DEBOUNCE = 0.25    # seconds from the first unsynced local write to a round (then pushed in ~0.5 s)
@@ -400,6 +401,50 @@ def parse_cat_file(out: bytes) -> dict[str, bytes]:
         blobs[sha] = out[nl + 1:nl + 1 + size]
         pos = nl + 1 + size + 1  # the content is followed by a newline
     return blobs
+
+
+def added_lines(diff: bytes) -> list[bytes]:
+    """The complete lines a `diff-tree -p -U0` of one file adds (without their newline).
+
+    Hunk headers say how many old (-) and new (+) lines follow, so a line is never
+    mistaken for a header whatever it holds. A last line without its newline
+    ("\\ No newline at end of file" after it) is still being written: it is left for a
+    later round, which sees it as added again (with its newline) against this version.
+    """
+    out: list[bytes] = []
+    lines = diff.split(b"\n")
+    i, n = 0, len(lines)
+    while i < n:
+        line = lines[i]
+        i += 1
+        if not line.startswith(b"@@ "):
+            continue
+        m = _HUNK.match(line)
+        if m is None:
+            raise SyncError(f"unexpected git diff output: {line[:80]!r}")
+        old = int(m.group(2)) if m.group(2) is not None else 1
+        new = int(m.group(4)) if m.group(4) is not None else 1
+        while (old or new) and i < n:
+            line = lines[i]
+            i += 1
+            if line.startswith(b"-") and old:
+                old -= 1
+            elif line.startswith(b"+") and new:
+                new -= 1
+                if i < n and lines[i].startswith(b"\\") and not new:
+                    i += 1  # no newline at the end of the file: not complete yet
+                    continue
+                out.append(line[1:])
+            elif line.startswith(b"\\"):
+                continue
+            else:
+                raise SyncError(f"unexpected git diff output: {line[:80]!r}")
+        if i < n and lines[i].startswith(b"\\"):
+            i += 1
+    return out
+
+
+_HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
 def _digest(data) -> str:
@@ -676,30 +721,37 @@ class _Round:
         if not wanted:
             return
         wanted.sort(key=lambda w: (w[0] != "events.jsonl", w[0]))  # groups and agents before messages
-        blobs = {}
-        for i in range(0, len(wanted), 64):
-            chunk = wanted[i:i + 64]
-            res = yield from self._git("cat-file", "--batch",
-                                       input="".join(sha + "\n" for _, sha in chunk).encode(),
-                                       timeout=FETCH_TIMEOUT)
-            blobs.update(parse_cat_file(res.out))
-        memory = st.setdefault("blobs", {})
-        merged_versions = {}
-        pending: list[list[tuple[str, list[bytes]]]] = []
-        candidates: list[tuple[str, bytes, object]] = []
-        for path, sha in wanted:
-            content = blobs[sha]
-            start, end = new_part(content, memory.get(path, []))
-            for line in content[start:end].split(b"\n"):
-                if line.strip():
-                    candidates.append((path, line, _event_id_of(line)))
-            merged_versions[path] = (end, _digest(memoryview(content)[:end]))
-        self.result["examined"] += len(candidates)
-        ids = [eid for _, _, eid in candidates if eid]
-        known = self.env.store.known_event_ids(ids) if ids else set()
+        # Each file's new lines come from git as a diff against `since` (whose lines we hold
+        # already): git reads the two blobs, we get the added lines only. Reading whole blobs
+        # would put every touched shard -- tens of MiB each in a long-lived repository -- in
+        # the daemon's memory. Two files at a time (one per core), then their lines are
+        # deduplicated and projected a WRITE_CHUNK at a time, so memory follows the new lines
+        # of two files, not the history.
         seen_bad = set(st.get("bad_seen", []))
-        by_file: dict[str, list[bytes]] = {}
-        for path, line, eid in candidates:
+        for i in range(0, len(wanted), MERGE_FILES_AT_ONCE):
+            part = wanted[i:i + MERGE_FILES_AT_ONCE]
+            results = yield _GitBatch([(["diff-tree", "-p", "-U0", "-a", "--no-renames", "--no-color",
+                                         "--no-ext-diff", "--no-textconv", "--diff-algorithm=myers",
+                                         since, remote, "--", path], lambda: None, FETCH_TIMEOUT)
+                                       for path, _ in part])
+            for (path, _), res in zip(part, results):
+                if res.rc != 0:
+                    raise SyncError(f"git diff-tree failed for {path}: {res.error}")
+                lines = added_lines(res.out)
+                res.out = b""
+                for j in range(0, len(lines), WRITE_CHUNK):
+                    yield from self._merge_lines(path, lines[j:j + WRITE_CHUNK], seen_bad)
+                del lines
+        st["bad_seen"] = sorted(seen_bad)[-1000:]
+
+    def _merge_lines(self, path: str, lines: list, seen_bad: set):
+        """Append and project those of a file's remote lines that are not ours yet (one durable write)."""
+        st = self.state
+        self.result["examined"] += len(lines)
+        eids = [_event_id_of(line) for line in lines]
+        known = self.env.store.known_event_ids([e for e in eids if e])
+        new: list[bytes] = []
+        for line, eid in zip(lines, eids):
             if eid is not None:
                 if eid in known:
                     continue
@@ -711,32 +763,13 @@ class _Round:
                     continue
                 seen_bad.add(h)
                 self.result["bad_lines"] += 1
-            by_file.setdefault(path, []).append(line + b"\n")
-        # Durable writes of about WRITE_CHUNK lines each (several small files share one),
-        # each file's lines in their order, events.jsonl first.
-        group: list[tuple[str, list[bytes]]] = []
-        size = 0
-        for path, lines in by_file.items():
-            for i in range(0, len(lines), WRITE_CHUNK):
-                part = lines[i:i + WRITE_CHUNK]
-                if size + len(part) > WRITE_CHUNK and group:
-                    pending.append(group)
-                    group, size = [], 0
-                group.append((path, part))
-                size += len(part)
-        if group:
-            pending.append(group)
-        for group in pending:
-            yield _Write(lambda store, g=group: [store.append_foreign_lines(p, ls) for p, ls in g])
-            count = sum(len(ls) for _, ls in group)
-            self.result["pulled"] += count
-            st["pulled_uncommitted"] = st.get("pulled_uncommitted", 0) + count
-        # Only now that the lines are durable may a later round skip past them.
-        for path, (size, digest) in merged_versions.items():
-            memory[path] = remember(memory.get(path, []), size, digest)
-        st["bad_seen"] = sorted(seen_bad)[-1000:]
-        if pending:
-            self.result["merged_remote"] = True
+            new.append(line + b"\n")
+        if not new:
+            return
+        yield _Write(lambda store, p=path, ls=new: store.append_foreign_lines(p, ls))
+        self.result["pulled"] += len(new)
+        st["pulled_uncommitted"] = st.get("pulled_uncommitted", 0) + len(new)
+        self.result["merged_remote"] = True
 
     def _line_in_local_file(self, rel: str, line: bytes) -> bool:
         """Slow path, for unparseable lines only (they have no event_id to dedup by)."""
