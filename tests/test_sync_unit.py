@@ -1,51 +1,9 @@
-"""The sans-I/O parts of sync: parsing git's output, finding the new part of a remote file."""
+"""The sans-I/O parts of sync: parsing git's output (trees, diffs, the lines a diff adds)."""
 
 from __future__ import annotations
 
-import hashlib
-
 from thrum import sync
 from thrum.rpc import Deferred, ThrumError
-
-
-def _known(data: bytes) -> list:
-    return [[len(data), hashlib.sha1(data).hexdigest()]]
-
-
-def test_new_part_reads_only_the_tail_of_an_extended_file():
-    old = b'{"a":1}\n{"a":2}\n'
-    new = old + b'{"a":3}\n'
-    assert sync.new_part(new, _known(old)) == (len(old), len(new))
-
-
-def test_new_part_rereads_a_file_that_is_not_an_extension():
-    old = b'{"a":1}\n{"a":2}\n'
-    other = b'{"a":2}\n{"a":1}\n{"a":3}\n'  # same lines, another writer's order
-    assert sync.new_part(other, _known(old)) == (0, len(other))
-    assert sync.new_part(other, []) == (0, len(other))
-
-
-def test_new_part_prefers_the_longest_known_prefix():
-    v1 = b'{"a":1}\n'
-    v2 = v1 + b'{"a":2}\n'
-    v3 = v2 + b'{"a":3}\n'
-    known = sync.remember(sync.remember([], *_known(v1)[0]), *_known(v2)[0])
-    assert sync.new_part(v3, known) == (len(v2), len(v3))
-
-
-def test_new_part_leaves_a_line_still_being_written():
-    data = b'{"a":1}\n{"a":2'
-    assert sync.new_part(data, []) == (0, 8)
-    # ... and takes it whole once it is complete, even from a remembered mid-line size
-    done = data + b'}\n'
-    assert sync.new_part(done, _known(data)) == (8, len(done))
-
-
-def test_remember_is_bounded_and_most_recent_first():
-    known: list = []
-    for i in range(1, 10):
-        known = sync.remember(known, i, str(i))
-    assert [k[0] for k in known] == [9, 8, 7, 6][:sync.BLOB_MEMORY]
 
 
 def test_parse_ls_tree_and_mktree_input_round_trip():

@@ -283,7 +283,6 @@ GIT_TIMEOUT = 30.0
 PUSH_ATTEMPTS = 5          # a rejected push is retried from the fetch this many times in one round
 WRITE_CHUNK = 2000         # remote lines projected per durable write (the loop serves requests between)
 MERGE_FILES_AT_ONCE = 2    # remote files whose new lines are read (git diff-tree) at the same time
-BLOB_MEMORY = 4            # remembered prefixes per file, to read only the new tail of a remote blob
 DEFAULT_INTERVAL = 60
 DEFAULT_DEBOUNCE = 0.25    # seconds from the first unsynced local write to a round (then pushed in ~0.5 s)
 WRITE_ROUND_SPACING = 1.0  # under a stream of writes, at most one round for them per second
@@ -447,30 +446,24 @@ def added_lines(diff: bytes) -> list[bytes]:
 _HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
-def _digest(data) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
 class _FilePrefix:
-    """The first `size` bytes of a file, read in chunks (a git child's stdin); the sha1 of what
-    was read goes to `on_end(size, digest)` once all of it was."""
+    """The first `size` bytes of a file, read in chunks (a git child's stdin); `on_end()` is
+    called once all of them were read."""
 
     def __init__(self, path: str, size: int, on_end) -> None:
         self.f = open(path, "rb")
-        self.left, self.size, self.on_end = size, size, on_end
-        self.sha = hashlib.sha1()
+        self.left, self.on_end = size, on_end
 
     def read(self, n: int) -> bytes:
         if self.f is None or self.left <= 0:
             return b""
         data = self.f.read(min(n, self.left))
-        if not data:  # the file shrank: git gets fewer bytes and the digest is not reported
+        if not data:  # the file shrank: git gets fewer bytes and the end is not reported
             self.left = -1
             return b""
         self.left -= len(data)
-        self.sha.update(data)
         if self.left == 0:
-            self.on_end(self.size, self.sha.hexdigest())
+            self.on_end()
         return data
 
     def close(self) -> None:
@@ -488,33 +481,6 @@ def _whole(data):
         chunks.append(chunk)
     data.close()
     return b"".join(chunks)
-
-
-def new_part(content: bytes, known: list) -> tuple[int, int]:
-    """Which bytes of a remote file are new: (start, end).
-
-    `known` holds [size, sha1 of the first size bytes] of versions of this file
-    already merged. Log files only grow, so when the content starts with one of
-    them only the tail after it is new; otherwise the whole file is read again
-    (and unioned by event_id). `end` stops after the last complete line: a line
-    still being written is taken on a later round.
-    """
-    view = memoryview(content)
-    start = 0
-    for size, digest in sorted(known, key=lambda k: -k[0]):
-        if 0 < size <= len(content) and _digest(view[:size]) == digest:
-            start = size
-            break
-    if start and content[start - 1:start] != b"\n":
-        start = content.rfind(b"\n", 0, start) + 1
-    end = content.rfind(b"\n") + 1
-    return start, max(start, end)
-
-
-def remember(known: list, size: int, digest: str) -> list:
-    """Add [size, digest] to a file's remembered versions (most recent first, bounded)."""
-    out = [[size, digest]] + [k for k in known if k[0] != size]
-    return out[:BLOB_MEMORY]
 
 
 def _event_id_of(line: bytes):
@@ -805,9 +771,12 @@ class _Round:
             if old is not None and old[1] == "blob" and old[3] == size:
                 continue  # append-only: same size, same bytes
             old_size = old[3] if old is not None and 0 <= old[3] <= size else 0
-            with open(store.log.path(rel), "rb") as f:
+            with open(store.log.path(rel), "rb") as f:  # a chunk at a time: a merge may have added 100 MiB
                 f.seek(old_size)
-                new_lines += f.read(size - old_size).count(b"\n")
+                left = size - old_size
+                while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                    new_lines += chunk.count(b"\n")
+                    left -= len(chunk)
             touched.append(rel)
         local_new = max(0, new_lines - st.get("pulled_uncommitted", 0))
         if needs_remote_parent and self.ahead == 0 and local_new == 0:
@@ -816,24 +785,22 @@ class _Round:
             commit = remote[0]
             self.result["fast_forward"] = True
         else:
-            memory = st.setdefault("blobs", {})
-            digests = {}
+            st.pop("blobs", None)  # remembered prefixes of remote files, before merges read git's diffs
+            complete = set()
 
             def snapshot(rel: str) -> "_FilePrefix":
                 # Up to the snapshot: whole lines only (files only grow). Streamed to git a chunk at a
                 # time: a shard of a long-lived repository is tens of MiB.
-                return _FilePrefix(store.log.path(rel), sizes[rel],
-                                   lambda size, digest, rel=rel: digests.__setitem__(rel, (size, digest)))
+                return _FilePrefix(store.log.path(rel), sizes[rel], lambda rel=rel: complete.add(rel))
             results = yield _GitBatch([(["hash-object", "-w", "--no-filters", "--stdin"],
                                         lambda rel=rel: snapshot(rel), GIT_TIMEOUT) for rel in touched])
             changed = {}
             for rel, res in zip(touched, results):
                 if res.rc != 0:
                     raise SyncError(f"git hash-object failed for {rel}: {res.error}")
-                if rel not in digests:  # git got less than the snapshot: the file shrank under us
+                if rel not in complete:  # git got less than the snapshot: the file shrank under us
                     raise SyncError(f"{rel} changed while it was being committed; retrying next round")
                 changed[rel] = res.text
-                memory[rel] = remember(memory.get(rel, []), *digests[rel])
             tree = yield from self._tree(listing, changed, remote if needs_remote_parent else None)
             if tree == base_tree and not needs_remote_parent:
                 commit = base
