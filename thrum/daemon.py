@@ -600,12 +600,17 @@ class Daemon:
     def _run_batch(self, batch: list) -> None:
         replies: list[tuple[object, bytes, bool]] = []
         store = self.store
+        state = _BatchState()
         for conn, item in batch:
             if isinstance(item, Ready):
                 replies.append((conn, bytes(item), False))
                 continue
             # A lone request needs no savepoint: if it fails, the whole batch rolls back.
-            reply, wrote = self.dispatch(conn, item, savepoint=len(batch) > 1)
+            reply, wrote = self.dispatch(conn, item, savepoint=len(batch) > 1, batch=state)
+            if state.lost:  # the store dropped the batch: what the earlier requests wrote is gone
+                state.lost = False
+                failure = StorageError("the change was not saved: the batch failed")
+                replies = [(c, encode_error(_reply_id(r), failure) if w else r, w) for c, r, w in replies]
             if reply is not None:
                 replies.append((conn, reply, wrote))
         events: list[dict] = []
@@ -671,8 +676,12 @@ class Daemon:
         except StorageFailure as exc:
             raise StorageError(f"the change was not saved: {exc}") from None
 
-    def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
-        """Run one request line; returns (encoded reply or None for a notification, wrote)."""
+    def dispatch(self, conn, line, savepoint: bool = True, batch: "_BatchState | None" = None
+                 ) -> tuple[bytes | None, bool]:
+        """Run one request line; returns (encoded reply or None for a notification, wrote).
+
+        Within a batch (`batch` given), a method that writes only events runs without a savepoint
+        as long as no request before it in the batch wrote anything else (Store.mark/undo_to)."""
         try:
             req = decode_request(line)
         except ThrumError as err:
@@ -681,11 +690,28 @@ class Daemon:
         for listener in self.request_listeners:
             listener(req.method, ctx)
         method = None
+        changes = -1
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)
             if method.writes:
                 self._ensure_current()  # validation must see every logged line (client_id retries)
-            if method.writes and savepoint:
+            fast = batch is not None and savepoint and method.events_only and not batch.direct
+            if batch is not None and not fast:
+                changes = self.store.db.total_changes
+            if fast:
+                from thrum.store import StorageFailure
+
+                mark = self.store.mark()
+                try:
+                    result = method.fn(Params(req.params), ctx)
+                except BaseException:
+                    try:
+                        self.store.undo_to(mark)
+                    except StorageFailure as exc:
+                        batch.lost = True
+                        raise StorageError(f"the change was not saved: {exc}") from None
+                    raise
+            elif method.writes and savepoint:
                 mark = self.store.savepoint()
                 try:
                     result = method.fn(Params(req.params), ctx)
@@ -706,8 +732,9 @@ class Daemon:
                     rid = req.id
                     result.bind(lambda ok, value: conn.send(
                         encode_response(rid, value) if ok else encode_error(rid, value)))
-                return None, bool(method.writes)
-            reply = encode_response(req.id, result)
+                reply = None
+            else:
+                reply = encode_response(req.id, result)
         except ThrumError as err:
             reply = encode_error(req.id, err)
         except (ValueError, TypeError) as exc:
@@ -724,9 +751,21 @@ class Daemon:
             if isinstance(exc, sqlite3.DatabaseError) and self.store is not None:
                 self.store.distrust()  # the next start checks the whole database (and rebuilds it if damaged)
             reply = encode_error(req.id, InternalError("Internal error", f"{type(exc).__name__}: {exc}"))
+        if changes >= 0 and self.store.db.total_changes != changes:
+            batch.direct = True  # an undo could not restore what this request wrote: savepoints from here on
         if req.is_notification:
-            return None, bool(method and method.writes)
+            reply = None
         return reply, bool(method and method.writes)
+
+
+class _BatchState:
+    """What the requests of one batch did so far (Daemon.dispatch)."""
+
+    __slots__ = ("direct", "lost")
+
+    def __init__(self) -> None:
+        self.direct = False  # a request wrote other than through events: undo_to() cannot restore it
+        self.lost = False    # undo_to() failed and the store dropped the whole batch
 
 
 def _reply_id(reply: bytes):

@@ -386,10 +386,14 @@ class Params:
 # -- registry ------------------------------------------------------------------
 
 class Method:
-    __slots__ = ("name", "fn", "writes", "transports")
+    """A registered handler. `events_only`: it writes nothing but events (store.append) and has no other
+    effect to undo, so the daemon may run it in a batch without a savepoint (see Daemon.dispatch)."""
 
-    def __init__(self, name: str, fn, writes: bool, transports: frozenset) -> None:
+    __slots__ = ("name", "fn", "writes", "transports", "events_only")
+
+    def __init__(self, name: str, fn, writes: bool, transports: frozenset, events_only: bool = False) -> None:
         self.name, self.fn, self.writes, self.transports = name, fn, writes, transports
+        self.events_only = events_only and writes
 
 
 ALL_TRANSPORTS = frozenset({"unix", "ws"})
@@ -439,8 +443,8 @@ class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
 
-    def add(self, name: str, fn, *, writes: bool = False, transports=ALL_TRANSPORTS) -> None:
-        self.methods[name] = Method(name, fn, writes, frozenset(transports))
+    def add(self, name: str, fn, *, writes: bool = False, transports=ALL_TRANSPORTS, events_only: bool = False) -> None:
+        self.methods[name] = Method(name, fn, writes, frozenset(transports), events_only)
 
     def lookup(self, name: str, transport: str) -> Method:
         method = self.methods.get(name)

@@ -1357,6 +1357,37 @@ class Store:
         self.log.discard(mark[0])
         del self._batch_events[mark[1]:]
 
+    # A request that writes only events can do without a savepoint: while one is open, SQLite copies
+    # every page the request changes into a statement journal, and a send changes more pages than
+    # that journal keeps in memory (64 KiB), so it goes through a temp file. Undoing such a request
+    # rolls the batch back and applies the batch's earlier events again, which is right only while
+    # nothing else in the transaction wrote (the daemon checks: Daemon.dispatch).
+
+    def mark(self) -> tuple[int, int, int]:
+        """Where the open batch is now, for undo_to()."""
+        self.begin()
+        return self.log.mark(), len(self._batch_events), self.db.total_changes
+
+    def undo_to(self, mark: tuple[int, int, int]) -> None:
+        """Undo what was written after mark(), which took no savepoint. If applying the earlier events
+        again fails, the whole batch is dropped (as by rollback()) and StorageFailure raised."""
+        log_mark, n_events, changes = mark
+        if self.db.total_changes == changes and len(self._batch_events) == n_events and self.log.mark() == log_mark:
+            return  # it failed before writing anything (a validation error)
+        kept = self._batch_events[:n_events]
+        self.projection.version += 1  # cached lookups may describe what is being undone
+        self.log.discard(log_mark)
+        del self._batch_events[n_events:]
+        try:
+            self.db.execute("ROLLBACK")
+            self.db.execute("BEGIN IMMEDIATE")
+            for event in kept:  # the same events on the same state: the same rows (and rowids)
+                self.projection.apply(event)
+        except Exception as exc:
+            self._in_batch = self.db.in_transaction
+            self.rollback()
+            raise StorageFailure(f"the batch could not be applied again after a failed request: {exc}") from exc
+
     def append(self, etype: str, payload: dict, *, author: str | None = None) -> dict:
         """Stage one new event and apply it inside the open batch; returns the event."""
         ns = now_ns()
