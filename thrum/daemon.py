@@ -626,8 +626,7 @@ class Daemon:
         # The batch is durable: answer first, then commit the projection (nothing else runs
         # in between, so no request can see the projection before its commit).
         try:
-            for conn, reply, _ in replies:
-                conn.send(reply)
+            _send_replies(replies)
         finally:
             store.commit_projection()
         if events:
@@ -766,6 +765,19 @@ class _BatchState:
     def __init__(self) -> None:
         self.direct = False  # a request wrote other than through events: undo_to() cannot restore it
         self.lost = False    # undo_to() failed and the store dropped the whole batch
+
+
+def _send_replies(replies: list) -> None:
+    """Each reply to its connection, in order; a Unix connection gets all of its replies in one
+    write (a client with 64 requests in flight: one syscall instead of 64)."""
+    joined: dict = {}
+    for conn, reply, _ in replies:
+        if type(conn) is Connection:
+            joined.setdefault(conn, []).append(reply)
+        else:  # a WebSocket frame holds one message
+            conn.send(reply)
+    for conn, parts in joined.items():
+        conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def _reply_id(reply: bytes):
