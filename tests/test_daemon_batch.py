@@ -161,3 +161,29 @@ def test_when_the_batch_cannot_be_applied_again_every_write_in_it_fails(agents, 
     contents = _contents(agents)
     assert "one" not in contents and "boom" not in contents and {"fine", "fine too"} <= set(contents)
     assert_projection_equals_a_rebuild(agents, tmp_path)
+
+
+def test_a_send_batch_leaves_its_commit_for_later_and_a_read_commits_it(agents, inproc, tmp_path: Path):
+    """The COMMIT of a batch of sends waits (the log made them durable); the next use of the
+    database commits first, and a daemon killed before the COMMIT loses nothing (catch-up)."""
+    store = inproc.store
+    replies = inproc.batch(_line(1, "message.send", caller_agent_id="alice", content="waits", mentions=["@bob"]))
+    mid = replies[0]["result"]["message_id"]
+    assert store.commit_projection() is False and store._deferred  # the transaction is still open
+    _fail_after_writing(store, "boom")
+    replies = inproc.batch(_line(1, "message.send", caller_agent_id="bob", content="boom"))  # a lone send fails
+    assert replies[0]["error"]["code"] == -32603 and store._deferred
+    listed = inproc.batch(_line(1, "message.get", caller_agent_id="bob", message_id=mid))
+    assert listed[0]["result"]["message"]["body"]["content"] == "waits" and not store._deferred
+    replies = inproc.batch(_line(1, "message.send", caller_agent_id="alice", content="lost at the kill?",
+                                 mentions=["@bob"]),
+                           _line(2, "message.send", caller_agent_id="bob", content="and me?"))
+    assert all("result" in r for r in replies) and store._deferred
+    # A crash now: the open transaction is gone with the process; the log has both lines.
+    store._conn.close()
+    store._conn, store._deferred = None, False
+    inproc.close()
+    agents.start()
+    contents = _contents(agents)
+    assert {"waits", "lost at the kill?", "and me?"} <= set(contents) and "boom" not in contents
+    assert_projection_equals_a_rebuild(agents, tmp_path)

@@ -46,6 +46,7 @@ log = logging.getLogger("thrum.daemon")
 
 PID_NAME, SOCKET_NAME, LOG_NAME = "thrum.pid", "thrum.sock", "daemon.log"
 MAX_BATCH = 1000               # requests run per loop turn, so one flood cannot starve timers
+COMMIT_DELAY = 0.005           # seconds a projection COMMIT of send-only batches may wait (Daemon._run_batch)
 MAX_OUTBUF = 16 * 1024 * 1024  # a reader this far behind is cut off rather than grow memory
 MAX_CONNECTIONS = 1024
 READ_CHUNK = 256 * 1024
@@ -432,6 +433,7 @@ class Daemon:
         self.event_listeners = []  # callables(list of committed events)
         self.request_listeners = []  # callables(method, ctx) told of each request before it runs (sync: activity)
         self._maintenance = None
+        self._commit_timer = None
         self.components = []       # objects with start() / stop() (sync loop, WebSocket server)
 
     # -- start ------------------------------------------------------------------------
@@ -625,14 +627,25 @@ class Daemon:
                            for c, r, wrote in replies]
         # The batch is durable: answer first, then commit the projection (nothing else runs
         # in between, so no request can see the projection before its commit).
+        # A batch that wrote only events (sends) may leave its COMMIT to a later batch: the durable
+        # log, not the database, makes a write happen, and a COMMIT writes every page the batch
+        # changed to the WAL (two write calls a page), which cost a lone send more than all else
+        # but the fdatasync. Anything that uses the database before then commits first (Store.db).
+        deferred = False
         try:
             _send_replies(replies)
         finally:
-            store.commit_projection()
+            deferred = store.commit_projection(defer=not state.direct)
+        if deferred and self._commit_timer is None:
+            self._commit_timer = self.loop.call_later(COMMIT_DELAY, self._commit_deferred)
         if events:
             for listener in self.event_listeners:
                 Loop._guard(listener, events)
             self._schedule_maintenance()
+
+    def _commit_deferred(self) -> None:
+        self._commit_timer = None
+        self.store.commit_deferred()
 
     def _schedule_maintenance(self) -> None:
         # Soon after writes (and at least every half second under load) the log files
@@ -680,7 +693,8 @@ class Daemon:
         """Run one request line; returns (encoded reply or None for a notification, wrote).
 
         Within a batch (`batch` given), a method that writes only events runs without a savepoint
-        as long as no request before it in the batch wrote anything else (Store.mark/undo_to)."""
+        as long as no request before it in the batch wrote anything else (Store.mark/undo_to); a
+        lone one too (its failure then does not undo a COMMIT that waits: Store.commit_projection)."""
         try:
             req = decode_request(line)
         except ThrumError as err:
@@ -694,7 +708,7 @@ class Daemon:
             method = self.service.registry.lookup(req.method, ctx.transport)
             if method.writes:
                 self._ensure_current()  # validation must see every logged line (client_id retries)
-            fast = batch is not None and savepoint and method.events_only and not batch.direct
+            fast = batch is not None and method.events_only and not batch.direct
             if batch is not None and not fast:
                 changes = self.store.db.total_changes
             if fast:

@@ -1057,15 +1057,31 @@ class Store:
         self.var_dir = var_dir
         self.origin_daemon = origin_daemon
         self.log = EventLog(sync_dir, os.path.join(var_dir, "quarantine"), os.path.join(var_dir, "journal"))
-        self.db: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
         self.projection: Projection | None = None
         self._in_batch = False
+        # The COMMIT of batches that wrote only events may wait (commit_projection(defer=True)): the
+        # transaction stays open, and whatever uses the database next commits it first (`db`).
+        self._deferred = False
+        self._uncommitted: list[dict] = []  # the events of the durable batches the open transaction holds
         self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
         self._flushed: dict = {}  # log files the durable, not yet committed batch wrote to
         self._extra_schema: list[str] = []
         self._extra_appliers: dict = {}
         self._extra_derive: list[str] = []
+
+    @property
+    def db(self) -> sqlite3.Connection | None:
+        """The connection; a COMMIT that was deferred is done first (outside a batch, every use of the
+        database sees a committed projection, as if the COMMIT had not waited)."""
+        if self._deferred:
+            self.commit_deferred()
+        return self._conn
+
+    @db.setter
+    def db(self, conn: sqlite3.Connection | None) -> None:
+        self._conn = conn
 
     def extend(self, schema_sql: str, appliers: dict, derive=None) -> None:
         """Add the tables and event appliers of another component (call before `open`).
@@ -1337,6 +1353,9 @@ class Store:
         return self._in_batch
 
     def begin(self) -> None:
+        if self._deferred:  # the next batch goes on in the transaction whose COMMIT waits
+            self._deferred = False
+            self._in_batch = True
         if not self._in_batch:
             self.ensure_current()
             self.db.execute("BEGIN IMMEDIATE")
@@ -1381,7 +1400,7 @@ class Store:
         try:
             self.db.execute("ROLLBACK")
             self.db.execute("BEGIN IMMEDIATE")
-            for event in kept:  # the same events on the same state: the same rows (and rowids)
+            for event in self._uncommitted + kept:  # the same events on the same state: the same rows (and rowids)
                 self.projection.apply(event)
         except Exception as exc:
             self._in_batch = self.db.in_transaction
@@ -1430,17 +1449,29 @@ class Store:
             return []
         events, self._batch_events = self._batch_events, []
         try:
-            self._flushed = self.log.flush()
+            self._flushed.update(self.log.flush())
         except StorageFailure:
             self.projection.version += 1
             self.db.execute("ROLLBACK")
             self._in_batch = False
+            self._reapply_uncommitted()
             raise
+        self._uncommitted.extend(events)
         return events
 
-    def commit_projection(self) -> None:
+    def commit_projection(self, defer: bool = False) -> bool:
+        """COMMIT the projection; with `defer`, later: the transaction stays open for the next batch
+        until something else uses the database (see `db`) or commit_deferred() is called. Only for
+        batches that wrote nothing but events: after a ROLLBACK they are applied again from
+        `_uncommitted` (a crash loses nothing either: catch-up applies the logged lines).
+        Returns True when the COMMIT waits."""
         if not self._in_batch:
-            return
+            return False
+        if defer:
+            self._in_batch = False
+            self._deferred = True
+            return True
+        self._uncommitted = []
         flushed, self._flushed = self._flushed, {}
         try:
             for rel, (size, tail) in flushed.items():
@@ -1453,9 +1484,34 @@ class Store:
             self._project_from_log(f"the database commit failed ({exc})")
         self._in_batch = False
 
+    def commit_deferred(self) -> None:
+        """The COMMIT that commit_projection(defer=True) left for later, if any."""
+        if self._deferred:
+            self._deferred = False
+            self._in_batch = True
+            self.commit_projection()
+
+    def _reapply_uncommitted(self) -> None:
+        """After a ROLLBACK: the durable batches whose COMMIT was deferred are applied again, in an open
+        transaction whose COMMIT waits; if that fails, from the log."""
+        events, self._uncommitted = self._uncommitted, []
+        if not events:
+            return
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for event in events:
+                self.projection.apply(event)
+        except sqlite3.Error as exc:
+            self._flushed = {}
+            self._project_from_log(f"applying the deferred batches again failed ({exc})")
+            return
+        self._uncommitted = events
+        self._deferred = True
+
     def _project_from_log(self, why: str) -> None:
         """Drop the failed transaction and catch up from the log, now or before the next write."""
         self.projection.version += 1
+        self._uncommitted = []
         try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -1490,6 +1546,7 @@ class Store:
         if self._in_batch:
             self.db.execute("ROLLBACK")
             self._in_batch = False
+            self._reapply_uncommitted()
         self.log.discard(0)
         self._batch_events = []
 
