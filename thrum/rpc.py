@@ -179,7 +179,12 @@ def decode_request(line: bytes | str) -> Request:
     if not line:
         raise ParseError("Parse error", "empty line")
     try:
-        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
+        # json.loads with these hooks would build a decoder (and its scanner) for every line.
+        if isinstance(line, (bytes, bytearray)):
+            line = line.decode(json.detect_encoding(line), "surrogatepass")
+        elif line.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", line, 0)
+        obj = _decoder().decode(line)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError("Parse error", str(exc)[:200]) from None
     if isinstance(obj, list):
@@ -203,6 +208,16 @@ def decode_request(line: bytes | str) -> Request:
     if _bracket_count(line) > MAX_DEPTH and _nested_deeper(params, MAX_DEPTH):
         raise _with_id(InvalidParams(f"params are nested deeper than {MAX_DEPTH} levels"), rid)
     return Request(rid, method, params)
+
+
+_DECODER = None
+
+
+def _decoder() -> json.JSONDecoder:
+    global _DECODER
+    if _DECODER is None:
+        _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
+    return _DECODER
 
 
 def _bracket_count(line: bytes | str) -> int:

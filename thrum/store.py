@@ -607,6 +607,9 @@ def _newer(candidate, current) -> bool:
         return candidate >= current
 
 
+_BUMP_SQL: dict[tuple, tuple[str, str]] = {}  # (table, key columns) -> (upsert, delete at zero): Projection._bump
+
+
 class Projection:
     """Appliers that turn events into rows; each is idempotent through `applied`."""
 
@@ -924,12 +927,16 @@ class Projection:
     # Counters: a row exists only while its count is not zero, as a rebuild's GROUP BY leaves them.
 
     def _bump(self, table: str, names: tuple[str, ...], values: tuple, delta: int, keep_zero: bool = False) -> None:
-        cols = ", ".join(names)
-        self.db.execute(f"INSERT INTO {table}({cols}, n) VALUES ({', '.join('?' * (len(names) + 1))})"
-                        f" ON CONFLICT({cols}) DO UPDATE SET n = n + excluded.n", values + (delta,))
+        sql = _BUMP_SQL.get((table, names))
+        if sql is None:
+            cols = ", ".join(names)
+            sql = _BUMP_SQL[(table, names)] = (
+                f"INSERT INTO {table}({cols}, n) VALUES ({', '.join('?' * (len(names) + 1))})"
+                f" ON CONFLICT({cols}) DO UPDATE SET n = n + excluded.n",
+                f"DELETE FROM {table} WHERE {' AND '.join(c + ' = ?' for c in names)} AND n = 0")
+        self.db.execute(sql[0], values + (delta,))
         if delta < 0 and not keep_zero:
-            self.db.execute(f"DELETE FROM {table} WHERE {' AND '.join(c + ' = ?' for c in names)} AND n = 0",
-                            values)
+            self.db.execute(sql[1], values)
 
     def _count(self, name: str, delta: int) -> None:
         self._bump("counters", ("name",), (name,), delta, keep_zero=True)  # a rebuild writes them all
