@@ -1410,7 +1410,7 @@ class Store:
             for event in self._uncommitted + kept:  # the same events on the same state: the same rows (and rowids)
                 self.projection.apply(event)
         except Exception as exc:
-            self._in_batch = self.db.in_transaction
+            self._in_batch = True  # whatever is open goes; the batches whose COMMIT waits are applied again
             self.rollback()
             raise StorageFailure(f"the batch could not be applied again after a failed request: {exc}") from exc
 
@@ -1459,9 +1459,12 @@ class Store:
             self._flushed.update(self.log.flush())
         except StorageFailure:
             self.projection.version += 1
-            self.db.execute("ROLLBACK")
             self._in_batch = False
-            self._reapply_uncommitted()
+            try:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            finally:
+                self._reapply_uncommitted()
             raise
         self._uncommitted.extend(events)
         return events
@@ -1508,7 +1511,7 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             for event in events:
                 self.projection.apply(event)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self._flushed = {}
             self._project_from_log(f"applying the deferred batches again failed ({exc})")
             return
@@ -1551,9 +1554,12 @@ class Store:
         if self.projection is not None:
             self.projection.version += 1
         if self._in_batch:
-            self.db.execute("ROLLBACK")
             self._in_batch = False
-            self._reapply_uncommitted()
+            try:
+                if self._conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    self._conn.execute("ROLLBACK")
+            finally:
+                self._reapply_uncommitted()
         self.log.discard(0)
         self._batch_events = []
 
