@@ -149,6 +149,9 @@ def test_failed_database_commit_after_a_durable_log_write_is_not_an_error(agents
             assert "result" in first, f"a durable write was answered with an error: {first}"
             mid = first["result"]["message_id"]
             assert message_create_counts(t.sync_dir)[mid] == 1
+            # The COMMIT of a send may wait for the next use of the database (Store.commit_projection):
+            # any other request commits first, and that COMMIT fails.
+            assert c.call("health", {}, rid=5)["result"]["status"] == "ok"
             # Still full: a new write cannot be validated against a projection that lacks a
             # logged line, so it is refused before it logs anything.
             lines_before = log_lines(t.sync_dir)

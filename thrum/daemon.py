@@ -46,6 +46,7 @@ log = logging.getLogger("thrum.daemon")
 
 PID_NAME, SOCKET_NAME, LOG_NAME = "thrum.pid", "thrum.sock", "daemon.log"
 MAX_BATCH = 1000               # requests run per loop turn, so one flood cannot starve timers
+COMMIT_DELAY = 0.005           # seconds a projection COMMIT of send-only batches may wait (Daemon._run_batch)
 MAX_OUTBUF = 16 * 1024 * 1024  # a reader this far behind is cut off rather than grow memory
 MAX_CONNECTIONS = 1024
 READ_CHUNK = 256 * 1024
@@ -432,6 +433,7 @@ class Daemon:
         self.event_listeners = []  # callables(list of committed events)
         self.request_listeners = []  # callables(method, ctx) told of each request before it runs (sync: activity)
         self._maintenance = None
+        self._commit_timer = None
         self.components = []       # objects with start() / stop() (sync loop, WebSocket server)
 
     # -- start ------------------------------------------------------------------------
@@ -600,12 +602,17 @@ class Daemon:
     def _run_batch(self, batch: list) -> None:
         replies: list[tuple[object, bytes, bool]] = []
         store = self.store
+        state = _BatchState()
         for conn, item in batch:
             if isinstance(item, Ready):
                 replies.append((conn, bytes(item), False))
                 continue
             # A lone request needs no savepoint: if it fails, the whole batch rolls back.
-            reply, wrote = self.dispatch(conn, item, savepoint=len(batch) > 1)
+            reply, wrote = self.dispatch(conn, item, savepoint=len(batch) > 1, batch=state)
+            if state.lost:  # the store dropped the batch: what the earlier requests wrote is gone
+                state.lost = False
+                failure = StorageError("the change was not saved: the batch failed")
+                replies = [(c, encode_error(_reply_id(r), failure) if w else r, w) for c, r, w in replies]
             if reply is not None:
                 replies.append((conn, reply, wrote))
         events: list[dict] = []
@@ -620,15 +627,25 @@ class Daemon:
                            for c, r, wrote in replies]
         # The batch is durable: answer first, then commit the projection (nothing else runs
         # in between, so no request can see the projection before its commit).
+        # A batch that wrote only events (sends) may leave its COMMIT to a later batch: the durable
+        # log, not the database, makes a write happen, and a COMMIT writes every page the batch
+        # changed to the WAL (two write calls a page), which cost a lone send more than all else
+        # but the fdatasync. Anything that uses the database before then commits first (Store.db).
+        deferred = False
         try:
-            for conn, reply, _ in replies:
-                conn.send(reply)
+            _send_replies(replies)
         finally:
-            store.commit_projection()
+            deferred = store.commit_projection(defer=not state.direct)
+        if deferred and self._commit_timer is None:
+            self._commit_timer = self.loop.call_later(COMMIT_DELAY, self._commit_deferred)
         if events:
             for listener in self.event_listeners:
                 Loop._guard(listener, events)
             self._schedule_maintenance()
+
+    def _commit_deferred(self) -> None:
+        self._commit_timer = None
+        self.store.commit_deferred()
 
     def _schedule_maintenance(self) -> None:
         # Soon after writes (and at least every half second under load) the log files
@@ -671,8 +688,13 @@ class Daemon:
         except StorageFailure as exc:
             raise StorageError(f"the change was not saved: {exc}") from None
 
-    def dispatch(self, conn, line, savepoint: bool = True) -> tuple[bytes | None, bool]:
-        """Run one request line; returns (encoded reply or None for a notification, wrote)."""
+    def dispatch(self, conn, line, savepoint: bool = True, batch: "_BatchState | None" = None
+                 ) -> tuple[bytes | None, bool]:
+        """Run one request line; returns (encoded reply or None for a notification, wrote).
+
+        Within a batch (`batch` given), a method that writes only events runs without a savepoint
+        as long as no request before it in the batch wrote anything else (Store.mark/undo_to); a
+        lone one too (its failure then does not undo a COMMIT that waits: Store.commit_projection)."""
         try:
             req = decode_request(line)
         except ThrumError as err:
@@ -681,11 +703,28 @@ class Daemon:
         for listener in self.request_listeners:
             listener(req.method, ctx)
         method = None
+        changes = -1
         try:
             method = self.service.registry.lookup(req.method, ctx.transport)
             if method.writes:
                 self._ensure_current()  # validation must see every logged line (client_id retries)
-            if method.writes and savepoint:
+            fast = batch is not None and method.events_only and not batch.direct
+            if batch is not None and not fast:
+                changes = self.store.db.total_changes
+            if fast:
+                from thrum.store import StorageFailure
+
+                mark = self.store.mark()
+                try:
+                    result = method.fn(Params(req.params), ctx)
+                except BaseException:
+                    try:
+                        self.store.undo_to(mark)
+                    except StorageFailure as exc:
+                        batch.lost = True
+                        raise StorageError(f"the change was not saved: {exc}") from None
+                    raise
+            elif method.writes and savepoint:
                 mark = self.store.savepoint()
                 try:
                     result = method.fn(Params(req.params), ctx)
@@ -706,8 +745,9 @@ class Daemon:
                     rid = req.id
                     result.bind(lambda ok, value: conn.send(
                         encode_response(rid, value) if ok else encode_error(rid, value)))
-                return None, bool(method.writes)
-            reply = encode_response(req.id, result)
+                reply = None
+            else:
+                reply = encode_response(req.id, result)
         except ThrumError as err:
             reply = encode_error(req.id, err)
         except (ValueError, TypeError) as exc:
@@ -724,9 +764,34 @@ class Daemon:
             if isinstance(exc, sqlite3.DatabaseError) and self.store is not None:
                 self.store.distrust()  # the next start checks the whole database (and rebuilds it if damaged)
             reply = encode_error(req.id, InternalError("Internal error", f"{type(exc).__name__}: {exc}"))
+        if changes >= 0 and self.store.db.total_changes != changes:
+            batch.direct = True  # an undo could not restore what this request wrote: savepoints from here on
         if req.is_notification:
-            return None, bool(method and method.writes)
+            reply = None
         return reply, bool(method and method.writes)
+
+
+class _BatchState:
+    """What the requests of one batch did so far (Daemon.dispatch)."""
+
+    __slots__ = ("direct", "lost")
+
+    def __init__(self) -> None:
+        self.direct = False  # a request wrote other than through events: undo_to() cannot restore it
+        self.lost = False    # undo_to() failed and the store dropped the whole batch
+
+
+def _send_replies(replies: list) -> None:
+    """Each reply to its connection, in order; a Unix connection gets all of its replies in one
+    write (a client with 64 requests in flight: one syscall instead of 64)."""
+    joined: dict = {}
+    for conn, reply, _ in replies:
+        if type(conn) is Connection:
+            joined.setdefault(conn, []).append(reply)
+        else:  # a WebSocket frame holds one message
+            conn.send(reply)
+    for conn, parts in joined.items():
+        conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def _reply_id(reply: bytes):

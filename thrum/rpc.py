@@ -179,7 +179,12 @@ def decode_request(line: bytes | str) -> Request:
     if not line:
         raise ParseError("Parse error", "empty line")
     try:
-        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
+        # json.loads with these hooks would build a decoder (and its scanner) for every line.
+        if isinstance(line, (bytes, bytearray)):
+            line = line.decode(json.detect_encoding(line), "surrogatepass")
+        elif line.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", line, 0)
+        obj = _decoder().decode(line)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError("Parse error", str(exc)[:200]) from None
     if isinstance(obj, list):
@@ -203,6 +208,16 @@ def decode_request(line: bytes | str) -> Request:
     if _bracket_count(line) > MAX_DEPTH and _nested_deeper(params, MAX_DEPTH):
         raise _with_id(InvalidParams(f"params are nested deeper than {MAX_DEPTH} levels"), rid)
     return Request(rid, method, params)
+
+
+_DECODER = None
+
+
+def _decoder() -> json.JSONDecoder:
+    global _DECODER
+    if _DECODER is None:
+        _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int)
+    return _DECODER
 
 
 def _bracket_count(line: bytes | str) -> int:
@@ -386,10 +401,14 @@ class Params:
 # -- registry ------------------------------------------------------------------
 
 class Method:
-    __slots__ = ("name", "fn", "writes", "transports")
+    """A registered handler. `events_only`: it writes nothing but events (store.append) and has no other
+    effect to undo, so the daemon may run it in a batch without a savepoint (see Daemon.dispatch)."""
 
-    def __init__(self, name: str, fn, writes: bool, transports: frozenset) -> None:
+    __slots__ = ("name", "fn", "writes", "transports", "events_only")
+
+    def __init__(self, name: str, fn, writes: bool, transports: frozenset, events_only: bool = False) -> None:
         self.name, self.fn, self.writes, self.transports = name, fn, writes, transports
+        self.events_only = events_only and writes
 
 
 ALL_TRANSPORTS = frozenset({"unix", "ws"})
@@ -439,8 +458,8 @@ class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
 
-    def add(self, name: str, fn, *, writes: bool = False, transports=ALL_TRANSPORTS) -> None:
-        self.methods[name] = Method(name, fn, writes, frozenset(transports))
+    def add(self, name: str, fn, *, writes: bool = False, transports=ALL_TRANSPORTS, events_only: bool = False) -> None:
+        self.methods[name] = Method(name, fn, writes, frozenset(transports), events_only)
 
     def lookup(self, name: str, transport: str) -> Method:
         method = self.methods.get(name)

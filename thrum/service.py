@@ -111,7 +111,7 @@ class Service:
         r("session.heartbeat", self.session_heartbeat, writes=True)
         r("session.setIntent", self.session_set_intent, writes=True)
         r("session.setTask", self.session_set_task, writes=True)
-        r("message.send", self.message_send, writes=True)
+        r("message.send", self.message_send, writes=True, events_only=True)
         r("message.get", self.message_get)
         r("message.list", self.message_list)
         r("message.edit", self.message_edit, writes=True)

@@ -615,6 +615,9 @@ def _newer(candidate, current) -> bool:
         return candidate >= current
 
 
+_BUMP_SQL: dict[tuple, tuple[str, str]] = {}  # (table, key columns) -> (upsert, delete at zero): Projection._bump
+
+
 class Projection:
     """Appliers that turn events into rows; each is idempotent through `applied`."""
 
@@ -932,12 +935,16 @@ class Projection:
     # Counters: a row exists only while its count is not zero, as a rebuild's GROUP BY leaves them.
 
     def _bump(self, table: str, names: tuple[str, ...], values: tuple, delta: int, keep_zero: bool = False) -> None:
-        cols = ", ".join(names)
-        self.db.execute(f"INSERT INTO {table}({cols}, n) VALUES ({', '.join('?' * (len(names) + 1))})"
-                        f" ON CONFLICT({cols}) DO UPDATE SET n = n + excluded.n", values + (delta,))
+        sql = _BUMP_SQL.get((table, names))
+        if sql is None:
+            cols = ", ".join(names)
+            sql = _BUMP_SQL[(table, names)] = (
+                f"INSERT INTO {table}({cols}, n) VALUES ({', '.join('?' * (len(names) + 1))})"
+                f" ON CONFLICT({cols}) DO UPDATE SET n = n + excluded.n",
+                f"DELETE FROM {table} WHERE {' AND '.join(c + ' = ?' for c in names)} AND n = 0")
+        self.db.execute(sql[0], values + (delta,))
         if delta < 0 and not keep_zero:
-            self.db.execute(f"DELETE FROM {table} WHERE {' AND '.join(c + ' = ?' for c in names)} AND n = 0",
-                            values)
+            self.db.execute(sql[1], values)
 
     def _count(self, name: str, delta: int) -> None:
         self._bump("counters", ("name",), (name,), delta, keep_zero=True)  # a rebuild writes them all
@@ -1065,15 +1072,31 @@ class Store:
         self.var_dir = var_dir
         self.origin_daemon = origin_daemon
         self.log = EventLog(sync_dir, os.path.join(var_dir, "quarantine"), os.path.join(var_dir, "journal"))
-        self.db: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
         self.projection: Projection | None = None
         self._in_batch = False
+        # The COMMIT of batches that wrote only events may wait (commit_projection(defer=True)): the
+        # transaction stays open, and whatever uses the database next commits it first (`db`).
+        self._deferred = False
+        self._uncommitted: list[dict] = []  # the events of the durable batches the open transaction holds
         self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
         self._flushed: dict = {}  # log files the durable, not yet committed batch wrote to
         self._extra_schema: list[str] = []
         self._extra_appliers: dict = {}
         self._extra_derive: list[str] = []
+
+    @property
+    def db(self) -> sqlite3.Connection | None:
+        """The connection; a COMMIT that was deferred is done first (outside a batch, every use of the
+        database sees a committed projection, as if the COMMIT had not waited)."""
+        if self._deferred:
+            self.commit_deferred()
+        return self._conn
+
+    @db.setter
+    def db(self, conn: sqlite3.Connection | None) -> None:
+        self._conn = conn
 
     def extend(self, schema_sql: str, appliers: dict, derive=None) -> None:
         """Add the tables and event appliers of another component (call before `open`).
@@ -1324,6 +1347,9 @@ class Store:
         return self._in_batch
 
     def begin(self) -> None:
+        if self._deferred:  # the next batch goes on in the transaction whose COMMIT waits
+            self._deferred = False
+            self._in_batch = True
         if not self._in_batch:
             self.ensure_current()
             self.db.execute("BEGIN IMMEDIATE")
@@ -1343,6 +1369,37 @@ class Store:
         self.db.execute("RELEASE req")
         self.log.discard(mark[0])
         del self._batch_events[mark[1]:]
+
+    # A request that writes only events can do without a savepoint: while one is open, SQLite copies
+    # every page the request changes into a statement journal, and a send changes more pages than
+    # that journal keeps in memory (64 KiB), so it goes through a temp file. Undoing such a request
+    # rolls the batch back and applies the batch's earlier events again, which is right only while
+    # nothing else in the transaction wrote (the daemon checks: Daemon.dispatch).
+
+    def mark(self) -> tuple[int, int, int]:
+        """Where the open batch is now, for undo_to()."""
+        self.begin()
+        return self.log.mark(), len(self._batch_events), self.db.total_changes
+
+    def undo_to(self, mark: tuple[int, int, int]) -> None:
+        """Undo what was written after mark(), which took no savepoint. If applying the earlier events
+        again fails, the whole batch is dropped (as by rollback()) and StorageFailure raised."""
+        log_mark, n_events, changes = mark
+        if self.db.total_changes == changes and len(self._batch_events) == n_events and self.log.mark() == log_mark:
+            return  # it failed before writing anything (a validation error)
+        kept = self._batch_events[:n_events]
+        self.projection.version += 1  # cached lookups may describe what is being undone
+        self.log.discard(log_mark)
+        del self._batch_events[n_events:]
+        try:
+            self.db.execute("ROLLBACK")
+            self.db.execute("BEGIN IMMEDIATE")
+            for event in self._uncommitted + kept:  # the same events on the same state: the same rows (and rowids)
+                self.projection.apply(event)
+        except Exception as exc:
+            self._in_batch = True  # whatever is open goes; the batches whose COMMIT waits are applied again
+            self.rollback()
+            raise StorageFailure(f"the batch could not be applied again after a failed request: {exc}") from exc
 
     def append(self, etype: str, payload: dict, *, author: str | None = None) -> dict:
         """Stage one new event and apply it inside the open batch; returns the event."""
@@ -1386,17 +1443,32 @@ class Store:
             return []
         events, self._batch_events = self._batch_events, []
         try:
-            self._flushed = self.log.flush()
+            self._flushed.update(self.log.flush())
         except StorageFailure:
             self.projection.version += 1
-            self.db.execute("ROLLBACK")
             self._in_batch = False
+            try:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            finally:
+                self._reapply_uncommitted()
             raise
+        self._uncommitted.extend(events)
         return events
 
-    def commit_projection(self) -> None:
+    def commit_projection(self, defer: bool = False) -> bool:
+        """COMMIT the projection; with `defer`, later: the transaction stays open for the next batch
+        until something else uses the database (see `db`) or commit_deferred() is called. Only for
+        batches that wrote nothing but events: after a ROLLBACK they are applied again from
+        `_uncommitted` (a crash loses nothing either: catch-up applies the logged lines).
+        Returns True when the COMMIT waits."""
         if not self._in_batch:
-            return
+            return False
+        if defer:
+            self._in_batch = False
+            self._deferred = True
+            return True
+        self._uncommitted = []
         flushed, self._flushed = self._flushed, {}
         try:
             for rel, (size, tail) in flushed.items():
@@ -1409,9 +1481,34 @@ class Store:
             self._project_from_log(f"the database commit failed ({exc})")
         self._in_batch = False
 
+    def commit_deferred(self) -> None:
+        """The COMMIT that commit_projection(defer=True) left for later, if any."""
+        if self._deferred:
+            self._deferred = False
+            self._in_batch = True
+            self.commit_projection()
+
+    def _reapply_uncommitted(self) -> None:
+        """After a ROLLBACK: the durable batches whose COMMIT was deferred are applied again, in an open
+        transaction whose COMMIT waits; if that fails, from the log."""
+        events, self._uncommitted = self._uncommitted, []
+        if not events:
+            return
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for event in events:
+                self.projection.apply(event)
+        except Exception as exc:
+            self._flushed = {}
+            self._project_from_log(f"applying the deferred batches again failed ({exc})")
+            return
+        self._uncommitted = events
+        self._deferred = True
+
     def _project_from_log(self, why: str) -> None:
         """Drop the failed transaction and catch up from the log, now or before the next write."""
         self.projection.version += 1
+        self._uncommitted = []
         try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -1444,8 +1541,12 @@ class Store:
         if self.projection is not None:
             self.projection.version += 1
         if self._in_batch:
-            self.db.execute("ROLLBACK")
             self._in_batch = False
+            try:
+                if self._conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    self._conn.execute("ROLLBACK")
+            finally:
+                self._reapply_uncommitted()
         self.log.discard(0)
         self._batch_events = []
 
