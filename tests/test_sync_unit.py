@@ -237,3 +237,14 @@ def test_added_lines_leave_a_line_still_being_written():
     completed = (b"--- a/m\n+++ b/m\n@@ -5 +5,2 @@\n-half\n\\ No newline at end of file\n+half and done\n"
                  b"+next\n")
     assert sync.added_lines(completed) == [b"half and done", b"next"]
+
+
+def test_added_lines_read_from_git_output_file_one_at_a_time(tmp_path):
+    """A merge reads each diff back from the file git wrote (--output), a line at a time."""
+    diff = (b"diff --git a/m b/m\n--- a/m\n+++ b/m\n@@ -1,2 +1 @@\n-l1\n-l2\n+l3\r\n@@ -5 +4,3 @@\n-l4\n"
+            b"+" + b"x" * 100_000 + b"\n+l5\n+half\n\\ No newline at end of file\n")
+    out = tmp_path / "diff.tmp"
+    out.write_bytes(diff)
+    streamed = sync.iter_added_lines(sync._file_lines(str(out)))
+    assert next(streamed) == b"l3\r"  # nothing but the newline is taken off
+    assert [b"l3\r", *streamed] == sync.added_lines(diff) == [b"l3\r", b"x" * 100_000, b"l5"]

@@ -271,6 +271,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Iterator
 
 log = logging.getLogger("thrum.sync")
 
@@ -403,44 +404,49 @@ def parse_cat_file(out: bytes) -> dict[str, bytes]:
 
 
 def added_lines(diff: bytes) -> list[bytes]:
-    """The complete lines a `diff-tree -p -U0` of one file adds (without their newline).
+    """The complete lines a `diff-tree -p -U0` of one file adds (without their newline)."""
+    return list(iter_added_lines(diff.split(b"\n")))
+
+
+def iter_added_lines(lines) -> Iterator[bytes]:
+    """The added lines of a `diff-tree -p -U0` of one file, given its lines (without newlines), one by one.
 
     Hunk headers say how many old (-) and new (+) lines follow, so a line is never
     mistaken for a header whatever it holds. A last line without its newline
     ("\\ No newline at end of file" after it) is still being written: it is left for a
     later round, which sees it as added again (with its newline) against this version.
     """
-    out: list[bytes] = []
-    lines = diff.split(b"\n")
-    i, n = 0, len(lines)
-    while i < n:
-        line = lines[i]
-        i += 1
-        if not line.startswith(b"@@ "):
-            continue
-        m = _HUNK.match(line)
-        if m is None:
-            raise SyncError(f"unexpected git diff output: {line[:80]!r}")
-        old = int(m.group(2)) if m.group(2) is not None else 1
-        new = int(m.group(4)) if m.group(4) is not None else 1
-        while (old or new) and i < n:
-            line = lines[i]
-            i += 1
+    old = new = 0
+    held = None  # an added line waits for the next one, which may say it has no newline
+    for line in lines:
+        if held is not None:
+            if line.startswith(b"\\"):
+                held = None
+                continue
+            yield held
+            held = None
+        if old or new:
             if line.startswith(b"-") and old:
                 old -= 1
             elif line.startswith(b"+") and new:
                 new -= 1
-                if i < n and lines[i].startswith(b"\\") and not new:
-                    i += 1  # no newline at the end of the file: not complete yet
-                    continue
-                out.append(line[1:])
-            elif line.startswith(b"\\"):
-                continue
-            else:
+                held = line[1:]
+            elif not line.startswith(b"\\"):
                 raise SyncError(f"unexpected git diff output: {line[:80]!r}")
-        if i < n and lines[i].startswith(b"\\"):
-            i += 1
-    return out
+        elif line.startswith(b"@@ "):
+            m = _HUNK.match(line)
+            if m is None:
+                raise SyncError(f"unexpected git diff output: {line[:80]!r}")
+            old = int(m.group(2)) if m.group(2) is not None else 1
+            new = int(m.group(4)) if m.group(4) is not None else 1
+    if held is not None:
+        yield held
+
+
+def _file_lines(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for line in f:
+            yield line[:-1] if line.endswith(b"\n") else line
 
 
 _HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -694,20 +700,35 @@ class _Round:
         # deduplicated and projected a WRITE_CHUNK at a time, so memory follows the new lines
         # of two files, not the history.
         seen_bad = set(st.get("bad_seen", []))
-        for i in range(0, len(wanted), MERGE_FILES_AT_ONCE):
-            part = wanted[i:i + MERGE_FILES_AT_ONCE]
-            results = yield _GitBatch([(["diff-tree", "-p", "-U0", "-a", "--no-renames", "--no-color",
-                                         "--no-ext-diff", "--no-textconv", "--diff-algorithm=myers",
-                                         since, remote, "--", path], lambda: None, FETCH_TIMEOUT)
-                                       for path, _ in part])
-            for (path, _), res in zip(part, results):
-                if res.rc != 0:
-                    raise SyncError(f"git diff-tree failed for {path}: {res.error}")
-                lines = added_lines(res.out)
-                res.out = b""
-                for j in range(0, len(lines), WRITE_CHUNK):
-                    yield from self._merge_lines(path, lines[j:j + WRITE_CHUNK], seen_bad)
-                del lines
+        # git writes each diff to a file (--output), read back a line at a time: one shard can
+        # gain tens of MiB in a merge, which a pipe buffer would hold whole (and leave the
+        # daemon's heap that much larger for good).
+        outputs = [os.path.join(self.env.var_dir, f"merge-diff-{k}.tmp") for k in range(MERGE_FILES_AT_ONCE)]
+        try:
+            for i in range(0, len(wanted), MERGE_FILES_AT_ONCE):
+                part = wanted[i:i + MERGE_FILES_AT_ONCE]
+                results = yield _GitBatch([(["diff-tree", "-p", "-U0", "-a", "--no-renames", "--no-color",
+                                             "--no-ext-diff", "--no-textconv", "--diff-algorithm=myers",
+                                             f"--output={out}", since, remote, "--", path], lambda: None,
+                                            FETCH_TIMEOUT)
+                                           for (path, _), out in zip(part, outputs)])
+                for (path, _), res, out in zip(part, results, outputs):
+                    if res.rc != 0:
+                        raise SyncError(f"git diff-tree failed for {path}: {res.error}")
+                    chunk: list[bytes] = []
+                    for line in iter_added_lines(_file_lines(out)):
+                        chunk.append(line)
+                        if len(chunk) >= WRITE_CHUNK:
+                            yield from self._merge_lines(path, chunk, seen_bad)
+                            chunk = []
+                    if chunk:
+                        yield from self._merge_lines(path, chunk, seen_bad)
+        finally:
+            for out in outputs:
+                try:
+                    os.unlink(out)
+                except FileNotFoundError:
+                    pass
         st["bad_seen"] = sorted(seen_bad)[-1000:]
 
     def _merge_lines(self, path: str, lines: list, seen_bad: set):
