@@ -12,6 +12,7 @@ holds at most what the parent has not taken yet.
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import os
 import pickle
@@ -22,7 +23,8 @@ from thrum.events import EventError, decode_line, derived_event_id, parse_timest
 
 __all__ = ["LogReader", "decode"]
 
-BATCH = 2000  # events per batch handed to the appliers
+BATCH = 1000  # events per batch handed to the appliers (~650 KiB pickled)
+_PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged pipe
 _CHUNK = 1 << 20  # bytes of one file read at a time (less when there are many files)
 _TAIL = 32
 
@@ -135,6 +137,10 @@ class LogReader:
             finally:
                 os._exit(code)
         os.close(w)
+        try:  # room for a whole batch in the pipe, so the child decodes the next one meanwhile
+            fcntl.fcntl(r, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+        except OSError:
+            pass
         self._pid = pid
         self._pipe = os.fdopen(r, "rb", buffering=1 << 16)
         try:

@@ -540,7 +540,9 @@ CREATE TABLE unread_ready (agent_id TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOU
 # scope (`~type:value`); the counters let unread and total counts skip the messages themselves.
 # A covering index, dropped at the end, spares the joins the wide message rows (at 1,000,000
 # messages they are 1.5 GB of content); counts are upserts into their small tables rather than
-# a GROUP BY that would sort millions of read markers.
+# a GROUP BY that would sort millions of read markers. The audience index is inserted in key
+# order: its pages come out full and in sequence, which inbox pages read (unordered, 20% faster
+# to build, but an inbox page at 1M took 4.4 ms instead of 2.4).
 _DERIVE_SQL = """
 CREATE INDEX rebuild_messages_cover ON messages(message_id, deleted, keyset, agent_id, created_ns, broadcast);
 INSERT INTO message_audience SELECT key, created_ns, seq, author FROM (
@@ -551,7 +553,8 @@ INSERT INTO message_audience SELECT key, created_ns, seq, author FROM (
         m.created_ns, m.rowid, m.agent_id
         FROM message_scopes s JOIN messages m INDEXED BY rebuild_messages_cover
         ON m.message_id = s.message_id AND m.deleted = 0
-    UNION ALL SELECT '*', created_ns, rowid, agent_id FROM messages WHERE broadcast = 1 AND deleted = 0);
+    UNION ALL SELECT '*', created_ns, rowid, agent_id FROM messages WHERE broadcast = 1 AND deleted = 0)
+    ORDER BY 1, 2, 3;
 INSERT INTO audience_counts SELECT keyset, agent_id, COUNT(*) FROM messages INDEXED BY rebuild_messages_cover
     WHERE deleted = 0 GROUP BY 1, 2;
 INSERT INTO reader_counts SELECT r.agent_id, m.keyset, m.agent_id = r.agent_id, 1
