@@ -200,13 +200,19 @@ def run(events: int = 10_000, use_fixture: bool = True, keep: bool = False) -> d
             "target_s": TARGET_S, "meets_target": big_wall <= TARGET_S,
         }
     finally:
-        if (reader / ".thrum" / "var" / "thrum.sock").exists():
-            subprocess.run([sys.executable, "-m", "thrum", "daemon", "stop"], cwd=reader, env=env,
+        _stop_and_clean([reader], env, tmp, keep)
+
+
+def _stop_and_clean(clones: list[Path], env: dict, tmp: Path, keep: bool) -> None:
+    """Stop the benchmarked clones' daemons, then remove the temp dir unless it is to be kept."""
+    for clone in clones:
+        if (clone / ".thrum" / "var" / "thrum.sock").exists():
+            subprocess.run([sys.executable, "-m", "thrum", "daemon", "stop"], cwd=clone, env=env,
                            capture_output=True, timeout=60)
-        if keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if keep:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- sync_merge_100k_at_1m -------------------------------------------------------------------------
@@ -369,13 +375,7 @@ def run_at_scale(source: str | None = None, generate: int = 1_000_000, events: i
             "meets_rss": max(after_status["VmRSS"], after_status["VmHWM"]) <= SCALE_RSS_MIB,
         }
     finally:
-        if (reader / ".thrum" / "var" / "thrum.sock").exists():
-            subprocess.run([sys.executable, "-m", "thrum", "daemon", "stop"], cwd=reader, env=env,
-                           capture_output=True, timeout=60)
-        if keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _stop_and_clean([reader], env, tmp, keep)
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -535,14 +535,7 @@ def run_cross_clone(messages: int = 20, idle_seconds: float = 60.0, seed: int = 
             "meets_target": max(p50_v, p50_w) <= CROSS_P50_S and max(p95_v, p95_w) <= CROSS_P95_S,
         }
     finally:
-        for clone in clones:
-            if (clone / ".thrum" / "var" / "thrum.sock").exists():
-                subprocess.run([sys.executable, "-m", "thrum", "daemon", "stop"], cwd=clone, env=env,
-                               capture_output=True, timeout=60)
-        if keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _stop_and_clean(clones, env, tmp, keep)
 
 
 def _print_merge(r: dict) -> None:
