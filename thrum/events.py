@@ -16,7 +16,7 @@ import re
 import time
 
 __all__ = [
-    "MAX_LINE_BYTES", "EventError", "encode_line", "decode_line", "now_ns", "format_ns",
+    "MAX_LINE_BYTES", "EventError", "encode_line", "decode_line", "decode_event", "now_ns", "format_ns",
     "now_timestamp", "parse_timestamp_ns", "ago", "new_ulid", "new_id", "shard_for",
     "author_file_name", "order_key", "derived_event_id", "deterministic_ulid",
 ]
@@ -67,6 +67,14 @@ def decode_line(line: bytes) -> dict:
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise EventError("not an event object")
     return obj
+
+
+def decode_event(line: bytes) -> dict:
+    """decode_line, and an event without an id gets its derived one (how every reader of the log dedups)."""
+    event = decode_line(line)
+    if not isinstance(event.get("event_id"), str) or not event["event_id"]:
+        event["event_id"] = derived_event_id(event)
+    return event
 
 
 # -- time ---------------------------------------------------------------------

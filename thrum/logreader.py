@@ -2,7 +2,7 @@
 
 A rebuild is CPU-bound in two places: decoding JSON lines (and their timestamps) and writing
 SQLite rows. On a machine with a second core the decoding runs in a forked child that hands
-the parent ready batches through a pipe (pickled: loading a pickle costs a third of decoding
+the parent ready batches through a pipe (pickled: loading a pickle costs about half of decoding
 the JSON), so the parent spends its core on SQLite. Without fork, or when threads are running
 (forking a threaded process is unsafe), the same batches are read in-process.
 
@@ -19,9 +19,9 @@ import pickle
 import signal
 import threading
 
-from thrum.events import EventError, decode_line, derived_event_id, parse_timestamp_ns
+from thrum.events import EventError, decode_event, parse_timestamp_ns
 
-__all__ = ["LogReader", "decode"]
+__all__ = ["LogReader", "bad_line"]
 
 BATCH = 1000  # events per batch handed to the appliers (~650 KiB pickled)
 _PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged pipe
@@ -29,12 +29,9 @@ _CHUNK = 1 << 20  # bytes of one file read at a time (less when there are many f
 _TAIL = 32
 
 
-def decode(line: bytes) -> dict:
-    """One log line as an event (EventError if it is not one); an event without an id gets its derived one."""
-    event = decode_line(line)
-    if not isinstance(event.get("event_id"), str) or not event["event_id"]:
-        event["event_id"] = derived_event_id(event)
-    return event
+def bad_line(rel: str, line: bytes, end: int, error: Exception) -> tuple[str, int, str, str]:
+    """The `bad_lines` row of a line (ending at byte `end` of `rel`) that is not an event."""
+    return rel, end - len(line) - 1, str(error), line[:200].decode("utf-8", "replace")
 
 
 class LogReader:
@@ -78,9 +75,9 @@ class LogReader:
                     if not line.strip():
                         continue
                     try:
-                        event = decode(line)
+                        event = decode_event(line)
                     except EventError as exc:
-                        bad.append((rel, line_end - len(line) - 1, str(exc), line[:200].decode("utf-8", "replace")))
+                        bad.append(bad_line(rel, line, line_end, exc))
                         continue
                     try:
                         ns = parse_timestamp_ns(event.get("timestamp", ""))

@@ -38,10 +38,10 @@ import struct
 import zlib
 
 from thrum.events import (
-    MAX_LINE_BYTES, EventError, decode_line, derived_event_id, encode_line, format_ns, new_id, now_ns, order_key,
+    MAX_LINE_BYTES, EventError, decode_event, decode_line, encode_line, format_ns, new_id, now_ns, order_key,
     parse_timestamp_ns, shard_for,
 )
-from thrum.logreader import LogReader, decode as decode_event
+from thrum.logreader import LogReader, bad_line
 
 __all__ = ["EventLog", "Journal", "Store", "StorageFailure", "SCHEMA_VERSION", "EVENTS_FILE", "MESSAGES_DIR"]
 
@@ -1333,7 +1333,7 @@ class Store:
         try:
             return decode_event(line)
         except EventError as exc:
-            self._record_bad_lines(db, [(rel, end - len(line) - 1, str(exc), line[:200].decode("utf-8", "replace"))])
+            self._record_bad_lines(db, [bad_line(rel, line, end, exc)])
             return None
 
     @staticmethod
@@ -1568,14 +1568,12 @@ class Store:
                 line += b"\n"
             self.log.stage(rel, line)
             try:
-                event = decode_line(line)
+                event = decode_event(line)
             except EventError as exc:
                 self.db.execute("INSERT OR IGNORE INTO bad_lines VALUES (?,?,?,?)",
                                 (rel, -now_ns(), f"from remote: {exc}", line[:200].decode("utf-8", "replace")))
                 log.warning("kept an unparseable remote line in %s: %s", rel, exc)
                 continue
-            if not isinstance(event.get("event_id"), str) or not event["event_id"]:
-                event["event_id"] = derived_event_id(event)
             events.append(event)
         events.sort(key=order_key)
         new = self.projection.apply_all(events)

@@ -491,14 +491,12 @@ def _whole(data):
 
 def _event_id_of(line: bytes):
     """The event_id a line is deduplicated by, or None when the line is not an event."""
-    from thrum.events import EventError, decode_line, derived_event_id
+    from thrum.events import EventError, decode_event
 
     try:
-        event = decode_line(line)
+        return decode_event(line)["event_id"]
     except EventError:
         return None
-    eid = event.get("event_id")
-    return eid if isinstance(eid, str) and eid else derived_event_id(event)
 
 
 def _local_offset_time(epoch: float) -> str:
