@@ -621,6 +621,10 @@ def _newer(candidate, current) -> bool:
 _BUMP_SQL: dict[tuple, tuple[str, str]] = {}  # (table, key columns) -> (upsert, delete at zero): Projection._bump
 
 
+class _OneByOne(Exception):
+    """A bulk batch that has to be applied one event at a time."""
+
+
 class Projection:
     """Appliers that turn events into rows; each is idempotent through `applied`."""
 
@@ -684,7 +688,9 @@ class Projection:
             self.db.execute("SAVEPOINT apply_one")
             try:
                 fn(event, order_key(event)[0] if ns is None else ns)
+                self._flush_rows()  # rows a bulk applier deferred: if SQLite cannot take them, it is this event
             except Exception as exc:
+                self._pending_rows.clear()
                 self.db.execute("ROLLBACK TO apply_one")
                 self.version += 1
                 self.db.execute("INSERT OR REPLACE INTO bad_lines VALUES (?,?,?,?)",
@@ -730,12 +736,83 @@ class Projection:
             self.db.execute("RELEASE apply_all")
         return new
 
+    def apply_items(self, items: list) -> int:
+        """A rebuild's batch of `bulk_item`s, made in its reader process; returns how many events were new.
+
+        Rows come ready: the messages of a run of them go in by one statement, then their scopes,
+        refs and read markers, as `_rows` defers them. Any other event goes to its applier (after the
+        messages before it, which it may edit or delete). If an event was applied before, a message
+        id repeats, or anything fails, the batch is rolled back and goes again one event at a time.
+        """
+        self.db.execute("SAVEPOINT apply_all")
+        try:
+            try:
+                if not self._all_new_ids([item[1] for item in items]):
+                    raise _OneByOne
+                self._apply_items_at_once(items)
+                return len(items)
+            except Exception:
+                self._pending_rows.clear()
+                self.db.execute("ROLLBACK TO apply_all")
+                self.version += 1
+                return self._apply_items_one_by_one(items)
+        finally:
+            self.db.execute("RELEASE apply_all")
+
+    def _apply_items_at_once(self, items: list) -> None:
+        messages: list[tuple] = []
+        pending = self._pending_rows
+        scope_rows, ref_rows = pending.setdefault(_INSERT_SCOPE, []), pending.setdefault(_INSERT_REF, [])
+        read_rows_ = pending.setdefault(_INSERT_READ, [])
+        for item in items:
+            kind = item[0]
+            if kind == "m":
+                messages.append(item[2] + (self._keyset(item[3]),))
+                scope_rows += item[4]
+                ref_rows += item[5]
+            elif kind == "r":
+                read_rows_ += item[2]
+            elif kind == "e":
+                if messages:
+                    self._insert_messages(messages)
+                    messages = []
+                fn = self.appliers.get(item[2]["type"])
+                if fn is not None:
+                    fn(item[2], item[3])
+        if messages:
+            self._insert_messages(messages)
+        self._flush_rows()
+
+    def _insert_messages(self, rows: list) -> None:
+        if self.db.executemany(_INSERT_MESSAGE, rows).rowcount != len(rows):
+            raise _OneByOne  # a message id seen before: its scopes and refs must be left out, as the applier does
+
+    def _apply_items_one_by_one(self, items: list) -> int:
+        new = 0
+        for item in items:
+            kind = item[0]
+            if kind == "e":
+                new += self.apply(item[2], item[3], guard=True)
+                continue
+            if self.db.execute("INSERT OR IGNORE INTO applied(event_id) VALUES (?)", (item[1],)).rowcount == 0:
+                continue
+            new += 1
+            if kind == "m" and self.db.execute(_INSERT_MESSAGE, item[2] + (self._keyset(item[3]),)).rowcount:
+                self.db.executemany(_INSERT_SCOPE, item[4])
+                self.db.executemany(_INSERT_REF, item[5])
+            elif kind == "r":
+                self.db.executemany(_INSERT_READ, item[2])
+        return new
+
     def _all_new(self, pairs: list) -> bool:
+        return self._all_new_ids([e["event_id"] for e, _ in pairs])
+
+    def _all_new_ids(self, ids: list) -> bool:
         """Record a bulk chunk's event ids in one statement; False (nothing recorded) if any was known."""
         self.db.execute("SAVEPOINT ids")
         added = self.db.executemany("INSERT OR IGNORE INTO applied(event_id) VALUES (?)",
-                                    [(e["event_id"],) for e, _ in pairs]).rowcount
-        if added == len(pairs) and len({e["event_id"] for e, _ in pairs}) == len(pairs):
+                                    [(eid,) for eid in ids]).rowcount
+        if added == len(ids) and len(set(ids)) == len(ids):
             self.db.execute("RELEASE ids")
             return True
         self.db.execute("ROLLBACK TO ids")
@@ -854,41 +931,22 @@ class Projection:
     # messages
 
     def _message_create(self, e: dict, ns: int) -> None:
-        mid = e.get("message_id")
-        if not mid or not e.get("agent_id"):
+        made = message_rows(e, ns)
+        if made is None:
             return
-        body = e.get("body") if isinstance(e.get("body"), dict) else {}
-        scopes = [s for s in e.get("scopes") or [] if isinstance(s, dict)]
-        refs = [r for r in e.get("refs") or [] if isinstance(r, dict)]
-        reply_to = next((r.get("value") for r in refs if r.get("type") == "reply_to"), "") or ""
-        keys = sorted({"@" + str(r.get("value", "")) for r in refs if r.get("type") == "mention"}
-                      | {"#" + str(s.get("value", "")) for s in scopes if s.get("type") == "group"}) or ["*"]
+        row, keys, scope_rows, ref_rows = made
         keyset = self._keyset(keys)
-        structured = body.get("structured")
-        if structured is not None and not isinstance(structured, str):
-            structured = json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
-        author = e["agent_id"]
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO messages(message_id, thread_id, reply_to, agent_id, session_id, created_at,"
-            " created_ns, format, content, structured, priority, authored_by, disclosed, broadcast, client_id, keyset)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mid, e.get("thread_id") or "", reply_to, author, e.get("session_id") or "",
-             e.get("timestamp", ""), ns, body.get("format") or "markdown", body.get("content") or "",
-             structured, e.get("priority") or "normal", e.get("authored_by") or "", 1 if e.get("disclosed") else 0,
-             1 if keys == ["*"] else 0, e.get("client_id") or "", keyset))
+        cur = self.db.execute(_INSERT_MESSAGE, row + (keyset,))
         if cur.rowcount == 0:
             return
-        if scopes:
-            self._rows("INSERT OR IGNORE INTO message_scopes VALUES (?,?,?)",
-                       [(mid, s.get("type", ""), s.get("value", "")) for s in scopes])
-        if refs:
-            self._rows("INSERT OR IGNORE INTO message_refs VALUES (?,?,?)",
-                       [(mid, r.get("type", ""), r.get("value", "")) for r in refs])
+        if scope_rows:
+            self._rows(_INSERT_SCOPE, scope_rows)
+        if ref_rows:
+            self._rows(_INSERT_REF, ref_rows)
         if self.bulk:
             return
-        seq = cur.lastrowid
-        scope_keys = sorted({f"~{sc.get('type', '')}:{sc.get('value', '')}" for sc in scopes
-                             if sc.get("type") != "group"})
+        seq, mid, author = cur.lastrowid, row[0], row[3]
+        scope_keys = sorted({f"~{t}:{v}" for _, t, v in scope_rows if t != "group"})
         self.db.executemany("INSERT OR IGNORE INTO message_audience VALUES (?,?,?,?)",
                             [(k, ns, seq, author) for k in keys + scope_keys])
         self._audience(keyset, author, 1)
@@ -1008,16 +1066,15 @@ class Projection:
                                 [(a, created_ns, seq) for a in owners])
 
     def _message_read(self, e: dict, ns: int) -> None:
-        agent_id, ids = e.get("agent_id"), e.get("message_ids")
-        if not agent_id or not isinstance(ids, list):
+        rows = read_rows(e)
+        if not rows:
             return
-        rows = [(agent_id, m, e.get("timestamp", "")) for m in dict.fromkeys(ids) if isinstance(m, str)]
+        agent_id = rows[0][0]
         if self.bulk:
-            self._rows("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)", rows)
+            self._rows(_INSERT_READ, rows)
             return
         for row in rows:
-            if self.db.execute("INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)",
-                               row).rowcount == 0:
+            if self.db.execute(_INSERT_READ, row).rowcount == 0:
                 continue
             m = self.db.execute("SELECT agent_id, keyset, created_ns, rowid FROM messages WHERE message_id=?"
                                 " AND deleted=0", (row[1],)).fetchone()
@@ -1057,6 +1114,75 @@ def _split_schema(sql: str) -> tuple[str, list[str]]:
         head = " ".join(stmt.split()[:3]).upper()
         (later if head.startswith(("CREATE INDEX", "CREATE UNIQUE INDEX", "CREATE TRIGGER")) else now).append(stmt)
     return "\n".join(s if s.endswith(";") else s + ";" for s in now), later
+
+
+_INSERT_MESSAGE = (
+    "INSERT OR IGNORE INTO messages(message_id, thread_id, reply_to, agent_id, session_id, created_at, created_ns,"
+    " format, content, structured, priority, authored_by, disclosed, broadcast, client_id, keyset)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_INSERT_SCOPE = "INSERT OR IGNORE INTO message_scopes VALUES (?,?,?)"
+_INSERT_REF = "INSERT OR IGNORE INTO message_refs VALUES (?,?,?)"
+_INSERT_READ = "INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at) VALUES (?,?,?)"
+
+
+def message_rows(e: dict, ns: int):
+    """A message.create event -> (its `messages` row but the keyset, its audience keys, scope rows, ref rows),
+    or None when it makes no message. Pure: the live applier and a rebuild's reader process share it."""
+    mid = e.get("message_id")
+    if not mid or not e.get("agent_id"):
+        return None
+    body = e.get("body") if isinstance(e.get("body"), dict) else {}
+    scopes = [s for s in e.get("scopes") or [] if isinstance(s, dict)]
+    refs = [r for r in e.get("refs") or [] if isinstance(r, dict)]
+    reply_to = next((r.get("value") for r in refs if r.get("type") == "reply_to"), "") or ""
+    keys = sorted({"@" + str(r.get("value", "")) for r in refs if r.get("type") == "mention"}
+                  | {"#" + str(s.get("value", "")) for s in scopes if s.get("type") == "group"}) or ["*"]
+    structured = body.get("structured")
+    if structured is not None and not isinstance(structured, str):
+        structured = json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
+    row = (mid, e.get("thread_id") or "", reply_to, e["agent_id"], e.get("session_id") or "",
+           e.get("timestamp", ""), ns, body.get("format") or "markdown", body.get("content") or "",
+           structured, e.get("priority") or "normal", e.get("authored_by") or "", 1 if e.get("disclosed") else 0,
+           1 if keys == ["*"] else 0, e.get("client_id") or "")
+    return (row, keys, [(mid, s.get("type", ""), s.get("value", "")) for s in scopes],
+            [(mid, r.get("type", ""), r.get("value", "")) for r in refs])
+
+
+def read_rows(e: dict) -> list[tuple]:
+    """A message.read event -> its `message_reads` rows (pure, like message_rows)."""
+    agent_id, ids = e.get("agent_id"), e.get("message_ids")
+    if not agent_id or not isinstance(ids, list):
+        return []
+    return [(agent_id, m, e.get("timestamp", "")) for m in dict.fromkeys(ids) if isinstance(m, str)]
+
+
+_BINDABLE = frozenset({str, int, float, type(None)})
+
+
+def _bindable(rows) -> bool:
+    return all(type(v) in _BINDABLE for row in rows for v in row)
+
+
+def bulk_item(event: dict, ns: int) -> tuple:
+    """What a rebuild's reader hands over for one event (see Projection.apply_items).
+
+    The two events that make nearly all of a log, message.create and message.read, become their
+    rows here, in the reader's process; any other event, and one whose values SQLite could not
+    bind as they are, goes over whole to its applier (which records it as a bad line if it fails).
+    """
+    etype, eid = event.get("type"), event["event_id"]
+    if etype == "message.create":
+        made = message_rows(event, ns)
+        if made is None:
+            return "-", eid
+        row, keys, scope_rows, ref_rows = made
+        if _bindable((row,)) and _bindable(scope_rows) and _bindable(ref_rows):
+            return "m", eid, row, keys, scope_rows, ref_rows
+    elif etype == "message.read":
+        rows = read_rows(event)
+        if _bindable(rows):
+            return "r", eid, rows
+    return "e", eid, event, ns
 
 
 def _scope_keys(db: sqlite3.Connection, mid: str) -> list[str]:
@@ -1236,8 +1362,14 @@ class Store:
         for suffix in ("", "-wal", "-shm"):
             _remove(tmp + suffix)
         conn = connect(tmp)
-        # A crash here just means rebuilding again: no journal, no syncs, a larger page cache.
-        conn.execute("PRAGMA journal_mode=OFF")
+        # A crash here just means rebuilding again: no syncs, a larger page cache, and while the log is
+        # loaded the journal in memory, not off: a batch with an event its applier cannot take is
+        # rolled back to its savepoint and applied again one event at a time, and without a journal
+        # SQLite's ROLLBACK TO is undefined (it dropped every batch before). The database is empty
+        # when the load begins, so that journal holds only pages a batch changed that existed before
+        # it. The indexes and derived tables are built with no journal (nothing there rolls back;
+        # dropping the temporary index would journal 65 MiB).
+        conn.execute("PRAGMA journal_mode=MEMORY")
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-8192")
         tables, later = _split_schema(self._schema_sql())
@@ -1248,13 +1380,13 @@ class Store:
         self.projection = proj  # extra appliers reach the database being built through store.projection.db
         files = self.log.files()
         total_bytes = sum(self.log.size(rel) for rel in files) or 1
-        reader = LogReader(self.log, files)
+        reader = LogReader(self.log, files, shape=bulk_item)
         total = 0
         last_report = 0
         conn.execute("BEGIN")
         try:
             for batch in reader:
-                total += len(proj.apply_all(batch))
+                total += proj.apply_items(batch)
                 if reader.bad:
                     self._record_bad_lines(conn, reader.bad)
                     reader.bad.clear()
@@ -1268,6 +1400,9 @@ class Store:
                          [(rel, end, tail) for rel, (end, tail) in reader.ends.items()])
         if progress:
             progress("reading the log (KiB)", -(-total_bytes // 1024), -(-total_bytes // 1024))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("BEGIN")
         steps = later + _split_statements(_DERIVE_SQL)
         for derive in self._extra_derive:
             steps += [derive] if callable(derive) else _split_statements(derive)
