@@ -177,6 +177,15 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.002, gr
         interval = min(interval * growth, 0.05)
 
 
+def daemon_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 without one)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status(pid: int) -> dict:
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -708,7 +717,9 @@ class Bench:
                 for _ in range(20):
                     c.call("message.send", params)
                 errors = 0
+                cpu = []  # the daemon's CPU time a send: steadier than a rate on a shared machine
                 for _ in range(runs):
+                    cpu0 = daemon_cpu_s(self.daemon_pid)
                     t0 = time.perf_counter()
                     for _ in range(n):
                         try:
@@ -716,9 +727,11 @@ class Bench:
                         except RPCError:
                             errors += 1
                     rates.append(n / (time.perf_counter() - t0))
+                    cpu.append((daemon_cpu_s(self.daemon_pid) - cpu0) / n * 1e6)
             self.sent += runs * n + 20
             self.rows["send_sequential"].set(median(rates), f"{runs}×{n} sends, runs {', '.join(f'{r:,.0f}' for r in rates)}"
-                                                            f"/s; errors {errors}; thrum.rpc.Client")
+                                                            f"/s; daemon CPU {median(cpu):.0f} µs a send; errors {errors};"
+                                                            " thrum.rpc.Client")
         if self.row_wanted("send_pipelined"):
             runs, n, window = self.n(3, 1), self.n(3000, 200), 64
             self.pipeline_send([params] * 20, window)  # warm-up

@@ -791,6 +791,8 @@ def search_messages(b: Bridge, a: dict):
     result = b.call("message.search", params)
     hits = result["hits"]
     data = {"hits": hits, "count": len(hits), "query": result["query"], "searched_all": result["searched_all"]}
+    if result.get("not_indexed_yet"):
+        data["not_indexed_yet"] = result["not_indexed_yet"]
     if not hits:
         return f"No messages match {result['query']!r}.", data
     lines = [f"{len(hits)} message{'s' if len(hits) != 1 else ''} match {result['query']!r}, best first:"]
@@ -798,7 +800,10 @@ def search_messages(b: Bridge, a: dict):
         thread = f", thread {h['thread_id']}" if h.get("thread_id") else ""
         lines.append(f"- {h['message_id']} from @{h['author']} at {h['created_at']}{thread}: "
                      + " ".join(h["snippet"].split()))
-    if not result["searched_all"]:
+    if result.get("not_indexed_yet"):
+        lines.append(f"(The search index is still being built after a rebuild: {result['not_indexed_yet']:,} "
+                     "messages were not searched yet; try again shortly.)")
+    elif not result["searched_all"]:
         lines.append("(Ranked among the newest messages; narrow the search with from, to, thread_id or since to "
                      "reach older ones.)")
     return "\n".join(lines), data

@@ -128,10 +128,18 @@ BULK_POPULATE_SQL = "INSERT INTO message_search(rowid, content) SELECT rowid, co
 BULK_CJK_ROWS_SQL = f"SELECT rowid, content FROM messages WHERE deleted = 0 AND {_has_cjk('content')}"
 
 
+# A rebuild of more messages than this leaves the index to the daemon's idle time (Search._tick): at a
+# million messages indexing is 10 s of a rebuild's ~50, and the daemon can answer everything else meanwhile.
+DEFER_ABOVE = 50_000
+
+
 def bulk_populate(db) -> None:
     """Index every message that is not deleted, in bulk (inside the caller's transaction), then merge the
     index into one segment per table ('optimize': 1.4 s at 1,000,000 messages; queries then read one
-    b-tree per word instead of dozens, about a third faster)."""
+    b-tree per word instead of dozens, about a third faster). Past DEFER_ABOVE messages, nothing: the
+    watermark stays at 0 and the daemon indexes them in the background."""
+    if db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0] > DEFER_ABOVE:
+        return
     db.execute(BULK_POPULATE_SQL)
     _index_cjk(db, db.execute(BULK_CJK_ROWS_SQL).fetchall())
     db.execute("UPDATE message_search_upto SET upto = (SELECT COALESCE(MAX(rowid), 0) FROM messages)")
@@ -147,7 +155,27 @@ def _index_cjk(db, rows) -> None:
         db.execute("DELETE FROM message_search_scratch")
 
 
-INDEX_BATCH = 2000  # messages indexed per idle-time step
+INDEX_BATCH = 2000  # messages indexed per idle-time step (~20 ms)
+IDLE_TICK = 0.5  # seconds between idle-time steps
+CATCH_UP_TICK = 0.01  # ... while a large backlog is indexed: the loop serves requests between the steps
+CATCH_UP_ABOVE = 20_000  # a backlog this large (after a rebuild) is indexed at CATCH_UP_TICK
+SEARCH_CATCH_UP = 10_000  # a search indexes at most this many pending messages first (~0.1 s)
+MERGE_PAGES = 100  # index pages one merge step writes, after a catch-up (~25 ms)
+
+
+def pending_count(db) -> int:
+    """Messages not indexed yet (past the watermark)."""
+    return db.execute("SELECT COALESCE(MAX(rowid), 0) - (SELECT upto FROM message_search_upto) FROM messages"
+                      ).fetchone()[0]
+
+
+def merge_step(db) -> bool:
+    """One bounded step of merging the index's segments into one (what 'optimize' does at once), inside
+    the caller's transaction; False when there was nothing left to merge."""
+    before = db.total_changes
+    for table in ("message_search", "message_search_cjk"):
+        db.execute(f"INSERT INTO {table}({table}, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
+    return db.total_changes - before > 2  # the two commands themselves count one change each
 
 
 def index_pending(db, limit: int = 0) -> int:
@@ -397,6 +425,7 @@ class Search:
         self.daemon = None
         self.timer = None  # stop() may come without start() (a start that failed)
         self.frequencies = DocFrequencies()
+        self.merging = False  # catching up a large backlog, then merging its segments
 
     def extend_store(self, store) -> None:
         # New messages are indexed after the fact (index_pending); a rebuild indexes everything
@@ -414,34 +443,51 @@ class Search:
             self.timer = None
 
     def _tick(self) -> None:
-        """Idle-time indexing: a batch at a time, between write batches, so the index stays close."""
+        """Idle-time indexing: a batch at a time, between write batches, so the index stays close. A large
+        backlog (a rebuild leaves the whole index to this) goes a batch every CATCH_UP_TICK, then the
+        segments that made are merged the same way, a bounded step at a time."""
         import sqlite3  # not at the top: the CLI imports this module for `thrum search`
 
-        self.timer = self.daemon.loop.call_later(0.5, self._tick)
-        store = self.daemon.store
-        if store.in_batch or self.db.in_transaction:
-            return
+        delay = CATCH_UP_TICK if self.merging else IDLE_TICK
         try:
-            self._index(INDEX_BATCH)
+            store = self.daemon.store
+            if store.in_batch or self.db.in_transaction:
+                return
+            if self._index(INDEX_BATCH) > 0:
+                if self.merging or pending_count(self.db) > CATCH_UP_ABOVE:
+                    self.merging = True
+                    delay = CATCH_UP_TICK
+            elif self.merging:
+                self.merging = self._write(merge_step)
+                delay = CATCH_UP_TICK if self.merging else IDLE_TICK
         except sqlite3.Error as exc:
             log.warning("indexing new messages for search failed: %s", exc)
+        finally:
+            self.timer = self.daemon.loop.call_later(delay, self._tick)
 
-    def _index(self, limit: int) -> None:
+    def _index(self, limit: int) -> int:
+        """Index up to `limit` pending messages (0: all); returns how many are still pending."""
         db = self.db
         if db.in_transaction:  # inside a write batch: its commit (or rollback) takes this along
             index_pending(db, limit)
-            return
-        upto = db.execute("SELECT upto FROM message_search_upto").fetchone()[0]
-        if db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0] <= upto:
-            return  # nothing new: no write transaction every half second while idle
+            return pending_count(db)
+        pending = pending_count(db)
+        if pending <= 0:
+            return 0  # nothing new: no write transaction every half second while idle
+        self._write(lambda db: index_pending(db, limit))
+        return max(0, pending - limit) if limit else 0
+
+    def _write(self, step):
+        db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            index_pending(db, limit)
+            result = step(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return result
 
     @property
     def db(self):
@@ -451,8 +497,14 @@ class Search:
         """{query, from?, to?, thread_id?, since?, until?, limit?, highlight?: [start, end]}
         → {hits: [{message_id, author, created_at, snippet, score, thread_id, ...}], query, searched_all}
         """
-        self._index(0)  # whatever was sent before this search is found by it
-        return search(self.daemon.service, self.db, p, self.frequencies)
+        # Whatever was sent before this search is found by it -- unless a rebuild left a backlog that
+        # the idle-time indexing is still working through: then the search says how much it missed.
+        pending = self._index(SEARCH_CATCH_UP)
+        result = search(self.daemon.service, self.db, p, self.frequencies)
+        if pending:
+            result["searched_all"] = False
+            result["not_indexed_yet"] = pending
+        return result
 
 
 def _time_param(p: Params, key: str) -> int | None:
@@ -710,8 +762,11 @@ MARK_START, MARK_END = "\x02", "\x03"  # asked of the daemon by the CLI, replace
 def human_lines(result: dict, *, tty: bool, ago=None) -> list[str]:
     """Lines for `thrum search`: author, time ago, thread, and the snippet with its hits marked."""
     hits = result.get("hits") or []
+    missed = result.get("not_indexed_yet")
+    note = ([f"(the search index is still being built after a rebuild: {missed:,} messages not searched yet)"]
+            if missed else [])
     if not hits:
-        return [f"No messages match {result.get('query', '')!r}."]
+        return [f"No messages match {result.get('query', '')!r}."] + note
     on, off = (BOLD, RESET) if tty else ("**", "**")
     lines = []
     for h in hits:
@@ -720,9 +775,9 @@ def human_lines(result: dict, *, tty: bool, ago=None) -> list[str]:
         lines.append(f"{h['message_id']}  @{h['author']}  {when}{where}")
         snippet = " ".join(h["snippet"].split()).replace(MARK_START, on).replace(MARK_END, off)
         lines.append(f"  {snippet}")
-    more = "" if result.get("searched_all", True) else " (ranked among the newest messages)"
+    more = ("" if result.get("searched_all", True) or missed else " (ranked among the newest messages)")
     lines.append(f"{len(hits)} hit{'s' if len(hits) != 1 else ''}{more}")
-    return lines
+    return lines + note
 
 
 def make_component(paths):

@@ -59,9 +59,12 @@ export function searchView(app, query) {
       const r = await state.conn.call("message.search", { query, limit: LIMIT, highlight: [START, END] });
       if (!alive) return;
       const n = r.hits.length;
-      status.textContent = n
-        ? `${n}${n === LIMIT ? "+" : ""} message${n === 1 ? "" : "s"} found, best first${r.searched_all ? "" : " (ranked among the newest)"}.`
-        : `No messages match “${query}”.`;
+      const building = r.not_indexed_yet
+        ? ` The search index is still being built after a rebuild: ${r.not_indexed_yet.toLocaleString()} messages not searched yet.`
+        : "";
+      status.textContent = (n
+        ? `${n}${n === LIMIT ? "+" : ""} message${n === 1 ? "" : "s"} found, best first${r.searched_all || building ? "" : " (ranked among the newest)"}.`
+        : `No messages match “${query}”.`) + building;
       replace(list, r.hits.map(hitItem));
     } catch (err) {
       if (!alive) return;
