@@ -125,7 +125,7 @@ def make_rows() -> list[Row]:
         Row("daemon_ready", "startup", "daemon spawn → health answers (projection present), median", "s",
             "<=", 1),
         Row("rebuild", "rebuild", "`thrum migrate --rebuild` of the whole log, wall, median", "s", "<=", 3),
-        Row("rss_rebuild", "rebuild", "daemon VmHWM after a start without a projection (it rebuilds first)", "MiB",
+        Row("rss_rebuild", "rebuild", "daemon VmHWM after a start without a projection (it rebuilds first, then indexes for search)", "MiB",
             "<=", 60),
         Row("rss_10k", "rss", "daemon VmRSS at ~10K messages, after list + CLI load", "MiB", "<=", 60),
         Row("rss_after_sends", "rss", "daemon VmRSS after the send load too", "MiB", "<=", 60),
@@ -547,9 +547,31 @@ class Bench:
                 if os.path.exists(os.path.join(self.var, "messages.db" + suffix)):
                     os.remove(os.path.join(self.var, "messages.db" + suffix))
             status: dict = {}
-            took = self._one_start(timeout=3600, on_ready=lambda pid: status.update(proc_status(pid)))
-            self.rows["rss_rebuild"].set(status["VmHWM"] / 1024, f"VmRSS when ready {status['VmRSS'] / 1024:.1f} MiB;"
-                                                                 f" start with the rebuild {took:.1f}s")
+            after: dict = {}
+
+            def on_ready(pid: int) -> None:
+                status.update(proc_status(pid))
+                # A large rebuild leaves the search index to the daemon's loop: its peak counts too.
+                t0 = time.perf_counter()
+                wait_until(lambda: self._search_backlog() == 0, 900, "the search index to catch up")
+                after.update(proc_status(pid), seconds=time.perf_counter() - t0)
+
+            took = self._one_start(timeout=3600, on_ready=on_ready)
+            self.rows["rss_rebuild"].set(max(status["VmHWM"], after["VmHWM"]) / 1024,
+                                         f"VmHWM when ready {status['VmHWM'] / 1024:.1f} MiB, after the search index"
+                                         f" caught up in the background ({after['seconds']:.1f}s more)"
+                                         f" {after['VmHWM'] / 1024:.1f} MiB; start with the rebuild {took:.1f}s")
+
+    def _search_backlog(self) -> int:
+        """Messages the daemon has not indexed for search yet (read from its database)."""
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{os.path.join(self.var, 'messages.db')}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COALESCE(MAX(rowid), 0) - (SELECT upto FROM message_search_upto)"
+                              " FROM messages").fetchone()[0]
+        finally:
+            db.close()
 
     def bench_startup(self) -> None:
         row = self.rows["daemon_ready"]
