@@ -125,7 +125,8 @@ def make_rows() -> list[Row]:
         Row("daemon_ready", "startup", "daemon spawn → health answers (projection present), median", "s",
             "<=", 1),
         Row("rebuild", "rebuild", "`thrum migrate --rebuild` of the whole log, wall, median", "s", "<=", 3),
-        Row("rss_rebuild", "rebuild", "daemon VmHWM after a start without a projection (it rebuilds first, then indexes for search)", "MiB",
+        Row("rss_rebuild", "rebuild",
+            "daemon VmHWM after a start without a projection (it rebuilds first, then indexes for search)", "MiB",
             "<=", 60),
         Row("rss_10k", "rss", "daemon VmRSS at ~10K messages, after list + CLI load", "MiB", "<=", 60),
         Row("rss_after_sends", "rss", "daemon VmRSS after the send load too", "MiB", "<=", 60),
@@ -751,9 +752,9 @@ class Bench:
                     rates.append(n / (time.perf_counter() - t0))
                     cpu.append((daemon_cpu_s(self.daemon_pid) - cpu0) / n * 1e6)
             self.sent += runs * n + 20
-            self.rows["send_sequential"].set(median(rates), f"{runs}×{n} sends, runs {', '.join(f'{r:,.0f}' for r in rates)}"
-                                                            f"/s; daemon CPU {median(cpu):.0f} µs a send; errors {errors};"
-                                                            " thrum.rpc.Client")
+            self.rows["send_sequential"].set(
+                median(rates), f"{runs}×{n} sends, runs {', '.join(f'{r:,.0f}' for r in rates)}/s; daemon CPU"
+                               f" {median(cpu):.0f} µs a send; errors {errors}; thrum.rpc.Client")
         if self.row_wanted("send_pipelined"):
             runs, n, window = self.n(3, 1), self.n(3000, 200), 64
             self.pipeline_send([params] * 20, window)  # warm-up
