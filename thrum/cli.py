@@ -652,6 +652,9 @@ def cmd_migrate(ctx: Ctx) -> int:
                      f"{r['agents']} agents ({r['seconds']:.2f}s)")
         if r.get("bad_lines"):
             lines.append(f"  Unparseable lines kept in the log and skipped: {r['bad_lines']}")
+        if r.get("search_not_indexed"):
+            lines.append(f"  Search index: the daemon builds it in the background when it runs "
+                         f"({r['search_not_indexed']:,} messages; searches say what they could not search yet)")
         return lines
     ctx.emit(result, human)
     return 0

@@ -201,10 +201,13 @@ def run(paths, *, rebuild_only: bool = False, progress=None) -> dict:
         started = time.monotonic()
         events = store.rebuild(progress=progress)
         stats = store.stats()
+        from thrum.search import pending_count
+
+        not_indexed = pending_count(store.db)  # a large rebuild leaves the search index to the daemon
         store.close()
         result.update({"events": events, "messages": stats["messages"], "agents": stats["agents"],
                        "bad_lines": stats["bad_lines"], "seconds": time.monotonic() - started,
-                       "sync_worktree": info.sync_dir})
+                       "sync_worktree": info.sync_dir, "search_not_indexed": not_indexed})
         return result
     finally:
         os.close(lock_fd)
