@@ -4,8 +4,10 @@ setup claude-md, runtimes."""
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import git, wait_for
+from helpers import register
 
 
 def _events(t) -> list[dict]:
@@ -63,6 +65,29 @@ def test_stale_sessions_of_this_clone_end_and_others_do_not(agents, env):
     assert s["ses_01KHG96H3M0GX731VMRNSBV2H6"]["status"] == "active"   # another clone's: never ours to end
     ends = [e for e in _events(t) if e["type"] == "agent.session.end" and e.get("reason") == "stale"]
     assert "ses_01KHG96H3M0GX731VMRNSBV2H6" not in {e["session_id"] for e in ends}
+
+
+def test_messages_sent_and_read_keep_a_session_alive(agents, env):
+    """A session whose agent sends, or reads what it is sent, is not stale; an idle one of the same
+    age is ended (the sweep learns of messages and read markers from the committed events)."""
+    t = agents
+    t.stop()
+    t.run("daemon", "start", env=dict(env, THRUM_SESSION_TIMEOUT="2s"))
+    register(t, "carol", "planner", "auth")  # idle from here on
+
+    def active():
+        return {s["agent_id"] for s in t.json("session", "list", "--active")["sessions"]}
+    with t.client() as c:
+        started = time.monotonic()
+        # alice writes to bob every ~0.3 s and bob reads each: neither heartbeats nor touches git.
+        while "carol" in active():
+            assert time.monotonic() - started < 30, "the idle session was never ended"
+            mid = c.call("message.send", {"caller_agent_id": "alice", "content": "still here",
+                                          "mentions": ["@bob"]})["message_id"]
+            c.call("message.markRead", {"caller_agent_id": "bob", "message_ids": [mid]})
+            time.sleep(0.3)  # the pace of their work, not a wait for a result
+        assert time.monotonic() - started > 2  # carol outlived the timeout first
+        assert {"alice", "bob"} <= active()
 
 
 def test_sessions_survive_a_restart_with_the_default_timeout(agents):

@@ -95,6 +95,7 @@ class Coordination:
         self.paths = paths
         self.daemon = None
         self.stopped = False
+        self.last_message_ns: dict[str, int] = {}  # agent -> its newest message or read marker since the start
         # refresh engine: one checkout at a time, each a short chain of git processes
         self.queue: list[str] = []
         self.again: set[str] = set()
@@ -286,7 +287,17 @@ class Coordination:
 
     def _on_events(self, events: list[dict]) -> None:
         for e in events:
-            if e.get("type") == "agent.session.start" and e.get("origin_daemon") == self.origin:
+            etype = e.get("type")
+            if etype in ("message.create", "message.read"):
+                # A sign of life for the sweep. Kept here, not asked of the database: the newest read
+                # marker of an agent is a walk of all its markers (0.8 s at a million messages, every
+                # sweep), and only what happened since this daemon started can be newer than its start.
+                agent_id, ts = e.get("agent_id"), e.get("timestamp")
+                if isinstance(agent_id, str) and isinstance(ts, str):
+                    ns = _ns(ts)
+                    if ns > self.last_message_ns.get(agent_id, 0):
+                        self.last_message_ns[agent_id] = ns
+            elif etype == "agent.session.start" and e.get("origin_daemon") == self.origin:
                 row = self.store.db.execute("SELECT worktree_path FROM work_contexts WHERE session_id=?",
                                             (e.get("session_id"),)).fetchone()
                 if row and row[0]:
@@ -388,14 +399,12 @@ class Coordination:
         stale = []
         rows = self.store.db.execute(
             "SELECT s.session_id, s.agent_id, s.started_ns, s.last_seen_at, w.git_updated_at, w.intent_updated_at,"
-            " w.task_updated_at, (SELECT MAX(created_ns) FROM messages m WHERE m.agent_id=s.agent_id) AS sent,"
-            " (SELECT MAX(read_at) FROM message_reads r WHERE r.agent_id=s.agent_id) AS read"
-            " FROM sessions s LEFT JOIN work_contexts w ON w.session_id=s.session_id"
+            " w.task_updated_at FROM sessions s LEFT JOIN work_contexts w ON w.session_id=s.session_id"
             " WHERE s.ended_at='' AND s.origin_daemon=?", (self.origin,)).fetchall()
         for r in rows:
-            last = max(self.started_ns, r["started_ns"] or 0, r["sent"] or 0,
+            last = max(self.started_ns, r["started_ns"] or 0, self.last_message_ns.get(r["agent_id"], 0),
                        *(_ns(r[k]) for k in ("last_seen_at", "git_updated_at", "intent_updated_at",
-                                             "task_updated_at", "read")))
+                                             "task_updated_at")))
             if now - last > limit:
                 stale.append((r["session_id"], r["agent_id"], (now - last) // 1_000_000_000))
         if stale:
