@@ -370,8 +370,10 @@ class Delivery:
         if not searched_all:
             result["searched_all"] = False
         if not to and not only_unread:
-            result["total"] = sum(self.db.execute(sql, (me,)).fetchone()[0] for sql in (
-                "SELECT COUNT(*) FROM messages WHERE agent_id=? AND deleted=0",
+            # Its own live messages from the audience counters (a scan of a few thousand counter rows; counting
+            # the messages themselves walks every one the agent ever sent: 26 ms at a million).
+            result["total"] = sum(self.db.execute(sql, (me,)).fetchone()[0] or 0 for sql in (
+                "SELECT SUM(n) FROM audience_counts WHERE author=?",
                 "SELECT COUNT(*) FROM messages WHERE authored_by=? AND authored_by!='' AND deleted=0"))
         return result
 
