@@ -336,3 +336,5 @@ def test_sent_pages_through_own_messages_and_a_users_acting_as_ones(agents):
     assert [m["message_id"] for m in pages] == [as_alice] + mine[::-1]
     leon = t.call("message.sent", caller_agent_id="user:leon")
     assert [m["message_id"] for m in leon["messages"]] == [own, as_alice] and leon["total"] == 2
+    t.call("message.delete", caller_agent_id="alice", message_id=mine[0])  # the total counts live messages
+    assert t.call("message.sent", caller_agent_id="alice")["total"] == 25
