@@ -14,8 +14,8 @@ import sqlite3
 
 import pytest
 
-from conftest import FACTOR, wait_for
-from helpers import RawConn, table_rows
+from helpers import PROJECTION_TABLES as DUMPED_TABLES, RawConn, projection_dump, register, table_rows
+from test_sync import clones, force, remote, sync_env  # noqa: F401 (fixtures)
 from thrum import store as store_mod, views
 from thrum.events import format_ns, order_key
 from thrum.store import Projection
@@ -288,3 +288,125 @@ def test_versions_bump_for_agents_and_groups_in_a_set_based_chunk(tmp_path):
     proj.apply_all(_ordered(extra + s.events(store_mod.BULK_MIN)))
     conn.execute("COMMIT")
     assert proj.version > quiet >= before
+
+
+# -- end to end: a merge from another clone ---------------------------------------------------
+
+def _pipelined(conn: RawConn, calls: list[tuple[str, dict]]) -> list:
+    """Send a block of requests before reading the answers (the daemon commits them in batches)."""
+    out = []
+    for i in range(0, len(calls), 200):
+        block = calls[i:i + 200]
+        for rid, (method, params) in enumerate(block):
+            conn.request({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        replies = sorted((conn.recv() for _ in block), key=lambda r: r["id"])
+        for (method, _), reply in zip(block, replies):
+            assert "result" in reply, f"{method}: {reply}"
+            out.append(reply["result"])
+    return out
+
+
+def _unread_inbox(t, agent: str) -> set[str]:
+    ids, page = set(), 1
+    while True:
+        res = t.call("message.list", caller_agent_id=agent, for_agent=agent, exclude_self=True, unread=True,
+                     page_size=100, page=page)
+        ids.update(m["message_id"] for m in res["messages"])
+        if page >= res["total_pages"]:
+            return ids
+        page += 1
+
+
+INDEXED = ("alice", "carol", "bob", "amy")  # agents whose unread index clone a keeps
+
+
+def test_a_merge_of_thousands_of_events_equals_a_rebuild(clones, sync_env):
+    rng = random.Random(42)
+    a = clones.clone("a", env={**sync_env, "THRUM_DEBUG": "1"})
+    a.quickstart("alice", role="implementer")
+    register(a, "carol", "reviewer")
+    with a.client() as c:
+        c.call("group.create", {"caller_agent_id": "alice", "name": "crew"})
+        c.call("group.member.add", {"caller_agent_id": "alice", "group": "crew", "member_type": "agent",
+                                    "member_value": "carol"})
+        old = [c.call("message.send", {"caller_agent_id": "alice", "content": f"old {i}",
+                                       **({"mentions": ["@reviewer"]} if i % 2 else {}),
+                                       **({"scopes": [{"type": "module", "value": "auth"}]} if i % 3 else {})}
+                      )["message_id"] for i in range(40)]
+        for mid in old[10:13]:  # read by others in the merge: such markers count for nothing
+            c.call("message.delete", {"caller_agent_id": "alice", "message_id": mid})
+    force(a)
+    b = clones.clone("b")
+    b.quickstart("bob", role="reviewer")
+    register(b, "zed", "implementer")
+    register(b, "amy", "planner")
+    force(b)
+    force(a)
+    # Unread indexes kept on a, built before the merge: the merge must keep them exact.
+    for agent in INDEXED:
+        _unread_inbox(a, agent)
+
+    to = [["@alice"], ["@carol"], ["@reviewer"], ["@implementer"], ["@bob"], ["@crew"], ["@alice", "@bob"], None]
+    with RawConn(b.socket, timeout=60) as conn:
+        _pipelined(conn, [("group.member.add", {"caller_agent_id": "bob", "group": "crew", "member_type": "agent",
+                                                "member_value": "bob"})])
+        sends = []
+        for i in range(1500):
+            params = {"caller_agent_id": rng.choice(["zed", "zed", "amy"]), "content": f"merged word{i % 37} {i}"}
+            target = rng.choice(to)
+            if target:
+                params["mentions"] = target
+            if rng.random() < 0.4:
+                params["scopes"] = [{"type": "module", "value": rng.choice(["auth", "ui"])}]
+            if rng.random() < 0.2:
+                params["reply_to"] = rng.choice(old)
+            sends.append(("message.send", params))
+        new = [(r["message_id"], p["caller_agent_id"]) for r, (_, p) in zip(_pipelined(conn, sends), sends)]
+        later = []
+        # bob's markers sort into messages/bob.jsonl, merged before zed's file: they arrive before the messages
+        for i in range(0, 900, 10):
+            later.append(("message.markRead", {"caller_agent_id": "bob", "message_ids": [m for m, _ in new[i:i + 7]]}))
+        later.append(("message.markRead", {"caller_agent_id": "bob", "message_ids": old[:30]}))
+        # amy's file is merged before zed's, in chunks large enough for the set-based path
+        later.append(("message.markRead", {"caller_agent_id": "amy", "message_ids": old[5:25]}))
+        for i in range(0, 1500, 25):
+            later.append(("message.markRead", {"caller_agent_id": "amy", "message_ids": [m for m, _ in new[i:i + 5]]}))
+        for mid, author in new[::9]:  # read by their author
+            later.append(("message.markRead", {"caller_agent_id": author, "message_ids": [mid]}))
+        for mid, author in new[::13]:
+            later.append(("message.edit", {"caller_agent_id": author, "message_id": mid, "content": "edited"}))
+        later.append(("message.markDelivered", {"caller_agent_id": "bob", "message_ids": [m for m, _ in new[:300]]}))
+        _pipelined(conn, later)
+        # deletions of messages that were read, then more reads of them
+        deletes = [("message.delete", {"caller_agent_id": author, "message_id": mid, "reason": "obsolete"})
+                   for mid, author in new[::17]]
+        _pipelined(conn, deletes)
+        _pipelined(conn, [("message.markRead", {"caller_agent_id": "bob", "message_ids": [m for m, _ in new[::17][:40]]})]
+                   + [("message.send", {"caller_agent_id": "amy", "content": f"tail {i}"}) for i in range(300)])
+    force(b)
+    res = force(a)
+    assert res["pulled"] >= 2000
+    log = (a.var / "daemon.log").read_text()
+    assert "set-based" in log, "the merge did not take the set-based path"
+
+    # The kept unread indexes are what building them afresh gives, and the pages agree.
+    for agent in INDEXED:
+        from_index = _unread_inbox(a, agent)
+        counted = a.call("message.list", caller_agent_id=agent, for_agent=agent, exclude_self=True,
+                         page_size=1)["unread"]  # from the counters
+        assert len(from_index) == counted, agent
+    assert a.call("message.search", query="word5")["hits"], "merged messages are not found by search"
+    a.stop()
+    db = a.var / "messages.db"
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM unread_index").fetchone()[0] > 100
+        assert sorted(conn.execute("SELECT * FROM unread_index")) == sorted(_expected_unread(conn))
+    finally:
+        conn.close()
+    live = projection_dump(db)
+    a.json("migrate", "--rebuild")
+    rebuilt = projection_dump(db)
+    for table in DUMPED_TABLES:
+        assert live[table] == rebuilt[table], f"table {table} differs from a rebuild after the merge"
+    assert len(live["messages"]) >= 40 + 1500 + 300
