@@ -205,8 +205,13 @@ def test_set_based_chunks_equal_event_by_event_and_a_rebuild(tmp_path, seed, mon
     indexed = ["ann", "ben", "dan"]
     ref, _ = _live(tmp_path / "ref.db", history, later, indexed, None)
     calls.clear()
+    real_apply = Projection.apply
+    guarded = []
+    monkeypatch.setattr(Projection, "apply", lambda self, e, ns=None, *, guard=False: (
+        guarded.append(e) if guard else None, real_apply(self, e, ns, guard=guard))[1])
     got, _ = _live(tmp_path / "got.db", history, later, indexed, 500)
     assert any(n >= store_mod.NEW_RUN_MIN for n in calls), "the set-based path was not taken"
+    assert guarded == [], "a set-based chunk failed and fell back to the guarded path"
     for table in PROJECTION_TABLES + ("unread_index", "unread_ready"):
         assert _rows(got, table) == _rows(ref, table), f"{table} differs from event-by-event"
     assert _rows(got, "unread_index") == _expected_unread(got)
@@ -251,12 +256,24 @@ def test_a_bad_event_in_a_large_chunk_is_skipped_and_the_rest_applied(tmp_path):
     bad = s._create()
     bad["scopes"] = [{"type": "module", "value": {"not": "text"}}]  # cannot be bound: the applier raises
     later.append(bad)
-    ref, _ = _live(tmp_path / "ref.db", history, [e for e in later if e is not bad], [], None)
-    got, proj = _live(tmp_path / "got.db", history, later, [], len(later))
+    ref, _ = _live(tmp_path / "ref.db", history, [e for e in later if e is not bad], ["ben"], None)
+    got, proj = _live(tmp_path / "got.db", history, later, ["ben"], len(later))
     assert got.execute("SELECT COUNT(*) FROM bad_lines").fetchone()[0] == 1
     assert got.execute("SELECT COUNT(*) FROM applied").fetchone()[0] == len(history) + len(later)
-    for table in PROJECTION_TABLES:
+    for table in PROJECTION_TABLES + ("unread_index",):
         assert _rows(got, table) == _rows(ref, table), f"{table} differs"
+    # The rollback left nothing staged behind: the next chunk is set-based and exact again.
+    more = _ordered(s.events(400))
+    got.execute("BEGIN")
+    proj.apply_all(more)
+    got.execute("COMMIT")
+    ref_proj = Projection(ref, {})
+    ref.execute("BEGIN")
+    for e in more:
+        ref_proj.apply(e)
+    ref.execute("COMMIT")
+    for table in PROJECTION_TABLES + ("unread_index",):
+        assert _rows(got, table) == _rows(ref, table), f"{table} differs after the next chunk"
 
 
 def test_chunks_with_known_events_and_small_chunks_take_the_event_path(tmp_path, monkeypatch):
@@ -282,12 +299,11 @@ def test_versions_bump_for_agents_and_groups_in_a_set_based_chunk(tmp_path):
     conn.execute("BEGIN")
     proj.apply_all(_ordered(s.setup()))
     before = proj.version
-    proj.apply_all(_ordered(s.events(store_mod.BULK_MIN)))  # no agent or group events
-    quiet = proj.version
-    extra = s.setup()  # re-registrations and group events
-    proj.apply_all(_ordered(extra + s.events(store_mod.BULK_MIN)))
+    proj.apply_all([s._create() for _ in range(store_mod.BULK_MIN)])  # no agent or group events
+    assert proj.version == before
+    proj.apply_all(s.setup() + [s._create() for _ in range(store_mod.BULK_MIN)])  # re-registrations, groups
     conn.execute("COMMIT")
-    assert proj.version > quiet >= before
+    assert proj.version > before
 
 
 # -- end to end: a merge from another clone ---------------------------------------------------
@@ -388,6 +404,7 @@ def test_a_merge_of_thousands_of_events_equals_a_rebuild(clones, sync_env):
     assert res["pulled"] >= 2000
     log = (a.var / "daemon.log").read_text()
     assert "set-based" in log, "the merge did not take the set-based path"
+    assert "applying them one at a time" not in log, "a set-based chunk failed and fell back"
 
     # The kept unread indexes are what building them afresh gives, and the pages agree.
     for agent in INDEXED:

@@ -801,7 +801,9 @@ class Projection:
             else:
                 new = [e for e, ns in pairs if self.apply(e, ns)]
                 self._flush_rows()
-        except Exception:
+        except Exception as exc:
+            log.debug("a chunk of %d events failed (%s: %s); applying them one at a time",
+                      len(pairs), type(exc).__name__, exc)
             self._pending_rows.clear()
             self.db.execute("ROLLBACK TO apply_all")
             self.version += 1
