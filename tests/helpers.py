@@ -93,19 +93,6 @@ def table_rows(db_path, table: str, exclude=()) -> list[tuple]:
     return sorted(rows, key=repr)
 
 
-# The tables a rebuild recomputes from the log (unread_index and delivery cursors are local bookkeeping).
-PROJECTION_TABLES = ("agents", "sessions", "messages", "message_scopes", "message_refs", "message_reads",
-                     "message_edits", "message_deliveries", "groups", "group_members", "work_contexts",
-                     # the derived views (views.py): audience index, keysets and counters
-                     "message_audience", "keysets", "keyset_keys", "audience_counts", "reader_counts", "scope_counts",
-                     "scope_reads", "counters")
-
-
-def projection_dump(db_path) -> dict[str, list[tuple]]:
-    """Every PROJECTION_TABLES row, comparable between a live projection and a rebuild."""
-    return {table: table_rows(db_path, table) for table in PROJECTION_TABLES}
-
-
 def register(thrum, name: str, role: str, module: str = "core", session: bool = True) -> str | None:
     """Register an agent (and start its session) over RPC: faster than the CLI for setup."""
     with thrum.client() as c:
