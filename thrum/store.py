@@ -571,6 +571,79 @@ DROP INDEX rebuild_messages_cover;
 """
 
 
+# A large chunk of new events (a sync merge, a catch-up) is applied like a rebuild: the appliers
+# write the raw rows (bulk mode), then these statements add the derived rows of just what the chunk
+# added (Projection._apply_new_run). `:start` is the largest messages rowid before the chunk, so
+# the new messages are the rows after it (rows are never removed). The TEMP tables live in the
+# connection's temp database and take part in the transaction, so a rollback empties them too.
+_NEW_RUN_TEMP = """
+CREATE TEMP TABLE IF NOT EXISTS run_reads (agent_id, message_id, read_at);
+CREATE TEMP TABLE IF NOT EXISTS run_new_reads (agent_id TEXT NOT NULL, message_id TEXT NOT NULL,
+    PRIMARY KEY (agent_id, message_id)) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS run_messages (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL,
+    created_ns INTEGER NOT NULL, author TEXT NOT NULL, keyset INTEGER NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS run_scopes (seq INTEGER NOT NULL, key TEXT NOT NULL, PRIMARY KEY (seq, key))
+    WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS run_counted (agent_id TEXT NOT NULL, message_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL, keyset INTEGER NOT NULL, own INTEGER NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS run_owners (key TEXT NOT NULL, agent_id TEXT NOT NULL,
+    PRIMARY KEY (key, agent_id)) WITHOUT ROWID;
+"""
+_NEW_RUN_SQL = """
+INSERT OR IGNORE INTO temp.run_new_reads SELECT agent_id, message_id FROM temp.run_reads b
+    WHERE NOT EXISTS (SELECT 1 FROM message_reads r WHERE r.agent_id = b.agent_id AND r.message_id = b.message_id);
+INSERT OR IGNORE INTO message_reads(agent_id, message_id, read_at)
+    SELECT agent_id, message_id, read_at FROM temp.run_reads ORDER BY rowid;
+INSERT INTO temp.run_messages SELECT rowid, message_id, created_ns, agent_id, keyset FROM messages WHERE rowid > :start;
+INSERT OR IGNORE INTO temp.run_scopes SELECT n.seq, '~' || s.type || ':' || s.value
+    FROM temp.run_messages n JOIN message_scopes s ON s.message_id = n.message_id AND s.type != 'group';
+INSERT OR IGNORE INTO message_audience SELECT key, created_ns, seq, author FROM (
+    SELECT k.key AS key, n.created_ns AS created_ns, n.seq AS seq, n.author AS author
+        FROM temp.run_messages n JOIN keyset_keys k ON k.keyset_id = n.keyset
+    UNION ALL SELECT s.key, n.created_ns, n.seq, n.author FROM temp.run_scopes s JOIN temp.run_messages n USING (seq))
+    ORDER BY 1, 2, 3;
+INSERT INTO audience_counts SELECT keyset, author, COUNT(*) FROM temp.run_messages WHERE true GROUP BY 1, 2
+    ON CONFLICT(keyset_id, author) DO UPDATE SET n = n + excluded.n;
+INSERT INTO counters SELECT 'live_messages', COUNT(*) FROM temp.run_messages WHERE true HAVING COUNT(*) > 0
+    ON CONFLICT(name) DO UPDATE SET n = n + excluded.n;
+INSERT INTO scope_counts SELECT key, COUNT(*) FROM temp.run_scopes WHERE true GROUP BY 1
+    ON CONFLICT(key) DO UPDATE SET n = n + excluded.n;
+INSERT INTO temp.run_counted
+    SELECT r.agent_id, m.message_id, m.rowid, m.created_ns, m.keyset, m.agent_id = r.agent_id
+        FROM temp.run_new_reads r JOIN messages m ON m.message_id = r.message_id
+        WHERE m.deleted = 0 AND m.rowid <= :start
+    UNION ALL SELECT r.agent_id, n.message_id, n.seq, n.created_ns, n.keyset, n.author = r.agent_id
+        FROM temp.run_messages n JOIN message_reads r ON r.message_id = n.message_id;
+INSERT INTO reader_counts SELECT agent_id, keyset, own, COUNT(*) FROM temp.run_counted WHERE true GROUP BY 1, 2, 3
+    ON CONFLICT(agent_id, keyset_id, own) DO UPDATE SET n = n + excluded.n;
+INSERT INTO scope_reads SELECT agent_id, key, COUNT(*) FROM (
+    SELECT c.agent_id AS agent_id, s.key AS key FROM temp.run_counted c JOIN temp.run_scopes s ON s.seq = c.seq
+    UNION ALL SELECT c.agent_id, '~' || s.type || ':' || s.value FROM temp.run_counted c
+        JOIN message_scopes s ON s.message_id = c.message_id AND s.type != 'group' WHERE c.seq <= :start
+        GROUP BY c.agent_id, c.seq, 2)
+    WHERE true GROUP BY 1, 2 ON CONFLICT(agent_id, key) DO UPDATE SET n = n + excluded.n;
+"""
+# Only while some agent's unread index is kept (views.py); run_owners holds key -> owner.
+_NEW_RUN_UNREAD_SQL = """
+INSERT OR IGNORE INTO unread_index SELECT o.agent_id, n.created_ns, n.seq
+    FROM temp.run_messages n JOIN keyset_keys k ON k.keyset_id = n.keyset JOIN temp.run_owners o ON o.key = k.key
+    WHERE o.agent_id != n.author
+      AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE r.agent_id = o.agent_id AND r.message_id = n.message_id);
+DELETE FROM unread_index WHERE (agent_id, created_ns, seq) IN (
+    SELECT agent_id, created_ns, seq FROM temp.run_counted WHERE seq <= :start);
+"""
+_NEW_RUN_CLEAR = [f"DELETE FROM temp.{t}" for t in (
+    "run_reads", "run_new_reads", "run_messages", "run_scopes", "run_counted", "run_owners")]
+# A chunk of at least BULK_MIN new events is applied set-based (Projection._apply_new). Smaller chunks
+# are the everyday trickle (a few remote events a round, a short catch-up), where the per-event path
+# costs a few ms anyway; a merge hands over chunks of up to 2,000 (sync.WRITE_CHUNK). Inside one, a run
+# between two deletions costs ~15 statements whatever its length; from NEW_RUN_MIN events on that is
+# cheaper than the appliers one event at a time (at 100K messages: 68 against 87 us an event at 200,
+# about even at 10).
+BULK_MIN = 200
+NEW_RUN_MIN = 20
+
+
 class NeedsRebuild(Exception):
     """The database is missing, corrupt, foreign or of another schema."""
 
@@ -711,6 +784,10 @@ class Projection:
         The fast path has no per-event savepoint; if an applier raises, the whole
         batch is rolled back and applied again with `guard`, so the event that
         cannot be taken is skipped and recorded and every other one is applied.
+
+        A live projection given at least BULK_MIN events that are all new (a sync
+        merge, a catch-up) applies them set-based (`_apply_new`) rather than one
+        event at a time; the result is the same.
         """
         pairs = events if not events or isinstance(events[0], tuple) else [(e, None) for e in events]
         self.db.execute("SAVEPOINT apply_all")
@@ -723,10 +800,15 @@ class Projection:
                         fn(e, order_key(e)[0] if ns is None else ns)
                 self._flush_rows()
                 new = [e for e, _ in pairs]
+            elif not self.bulk and len(pairs) >= BULK_MIN and self._all_new(pairs):
+                self._apply_new(pairs)
+                new = [e for e, _ in pairs]
             else:
                 new = [e for e, ns in pairs if self.apply(e, ns)]
                 self._flush_rows()
-        except Exception:
+        except Exception as exc:
+            log.debug("a chunk of %d events failed (%s: %s); applying them one at a time",
+                      len(pairs), type(exc).__name__, exc)
             self._pending_rows.clear()
             self.db.execute("ROLLBACK TO apply_all")
             self.version += 1
@@ -803,6 +885,77 @@ class Projection:
             elif kind == "r":
                 self.db.executemany(_INSERT_READ, item[2])
         return new
+
+    def _apply_new(self, pairs: list) -> None:
+        """Apply events already recorded in `applied`, in order: runs between deletions set-based.
+
+        A deletion takes away the derived rows of its message (and of its read markers), so
+        it needs those rows in place: the run before it is finished first, and the deletion
+        is applied by its live applier. Every other applier writes the same rows in bulk mode
+        as live (the raw ones), or only raw ones that `_apply_new_run` derives from after.
+        """
+        log.debug("applying %d new events set-based", len(pairs))
+        run: list = []
+        for e, ns in pairs:
+            if e["type"] == "message.delete":
+                self._apply_new_run(run)
+                run = []
+                self._apply_one(e, ns)
+            else:
+                run.append((e, ns))
+        self._apply_new_run(run)
+
+    def _apply_one(self, e: dict, ns: int | None) -> None:
+        """`apply` without the ledger (the caller recorded the event)."""
+        fn = self.appliers.get(e["type"])
+        if fn is not None:
+            fn(e, order_key(e)[0] if ns is None else ns)
+            if e["type"] in self._versioned:
+                self.version += 1
+
+    def _apply_new_run(self, run: list) -> None:
+        """Raw rows in bulk mode, then the derived rows of just the messages and read markers added:
+        the audience index, the counters, and the unread index of the agents that keep one.
+
+        The end state matches the live appliers': a read marker counts once its message is here
+        and not deleted (whichever came first), an unread index row exists for an owner of one of
+        the message's keys who is not its author and has not read it."""
+        if len(run) < NEW_RUN_MIN:
+            for e, ns in run:
+                self._apply_one(e, ns)
+            return
+        db = self.db
+        start = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0]
+        fns = self.appliers
+        versioned = False
+        self.bulk = True
+        try:
+            for e, ns in run:
+                fn = fns.get(e["type"])
+                if fn is not None:
+                    fn(e, order_key(e)[0] if ns is None else ns)
+                    versioned = versioned or e["type"] in self._versioned
+        finally:
+            self.bulk = False
+        reads = self._pending_rows.pop(_INSERT_READ, [])
+        self._flush_rows()  # scopes and refs
+        for stmt in _split_statements(_NEW_RUN_TEMP):  # (IF NOT EXISTS: a rollback may have undone them)
+            db.execute(stmt)
+        if reads:
+            db.executemany("INSERT INTO temp.run_reads VALUES (?,?,?)", reads)
+        args = {"start": start}
+        for stmt in _split_statements(_NEW_RUN_SQL):
+            db.execute(stmt, args if ":start" in stmt else ())
+        owners = self._unread_owners()
+        if owners:
+            db.executemany("INSERT INTO temp.run_owners VALUES (?,?)",
+                           [(k, a) for k, agents in owners.items() for a in agents])
+            for stmt in _split_statements(_NEW_RUN_UNREAD_SQL):
+                db.execute(stmt, args if ":start" in stmt else ())
+        for stmt in _NEW_RUN_CLEAR:
+            db.execute(stmt)
+        if versioned:
+            self.version += 1
 
     def _all_new(self, pairs: list) -> bool:
         return self._all_new_ids([e["event_id"] for e, _ in pairs])
