@@ -74,6 +74,11 @@ def test_send_is_in_the_log_before_it_is_answered(agents):
 
 def test_invalid_requests_append_nothing(agents):
     t = agents
+
+    def git_contexts():  # each session start refreshes its git context (an agent.update) a moment later
+        return {json.loads(line)["agent_id"] for rel, line in log_lines(t.sync_dir)
+                if b'"type":"agent.update"' in line and b'"git_updated_at"' in line}
+    wait_for(lambda: git_contexts() >= {"alice", "bob"}, 30, what="both sessions' git context")
     before = log_lines(t.sync_dir)
     with RawConn(t.socket) as c:
         bad = [
