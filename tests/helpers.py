@@ -9,7 +9,7 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
-from conftest import FACTOR
+from conftest import FACTOR, wait_for
 
 
 class RawConn:
@@ -111,3 +111,13 @@ def assert_log_clean(thrum) -> None:
     text = (thrum.var / "daemon.log").read_text()
     bad = [line for line in text.splitlines() if " ERROR " in line or line.startswith("Traceback")]
     assert bad == [], "\n".join(bad)
+
+
+def settled_log_lines(thrum, agents=("alice", "bob"), timeout: float = 30.0) -> list[tuple[str, bytes]]:
+    """The log once every session started by the fixture has had its git context refreshed: each session
+    start is followed a moment later by an agent.update the daemon writes on its own."""
+    def refreshed():
+        return {json.loads(line)["agent_id"] for _, line in log_lines(thrum.sync_dir)
+                if b'"type":"agent.update"' in line and b'"git_updated_at"' in line}
+    wait_for(lambda: refreshed() >= set(agents), timeout, what="the sessions' git contexts")
+    return log_lines(thrum.sync_dir)

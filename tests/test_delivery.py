@@ -232,9 +232,9 @@ def test_sent_lists_each_recipients_state(agents):
 
 def test_bad_input_to_the_delivery_methods_is_refused_and_writes_nothing(agents):
     t = agents
-    from helpers import log_lines
+    from helpers import log_lines, settled_log_lines
 
-    before = log_lines(t.sync_dir)
+    before = settled_log_lines(t)
     with RawConn(t.socket) as c:
         for method, params in [
             ("message.markDelivered", {"caller_agent_id": "bob", "message_ids": "msg_x"}),

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, wait_for
-from helpers import RawConn, log_lines, message_create_counts, register, table_rows
+from helpers import RawConn, log_lines, message_create_counts, register, settled_log_lines, table_rows
 from thrum.events import encode_line, new_id, now_timestamp
 
 PROJECTION_TABLES = ("agents", "sessions", "messages", "message_scopes", "message_refs", "message_reads",
@@ -74,12 +74,7 @@ def test_send_is_in_the_log_before_it_is_answered(agents):
 
 def test_invalid_requests_append_nothing(agents):
     t = agents
-
-    def git_contexts():  # each session start refreshes its git context (an agent.update) a moment later
-        return {json.loads(line)["agent_id"] for rel, line in log_lines(t.sync_dir)
-                if b'"type":"agent.update"' in line and b'"git_updated_at"' in line}
-    wait_for(lambda: git_contexts() >= {"alice", "bob"}, 30, what="both sessions' git context")
-    before = log_lines(t.sync_dir)
+    before = settled_log_lines(t)
     with RawConn(t.socket) as c:
         bad = [
             ("message.send", {"caller_agent_id": "alice", "content": ""}),
