@@ -840,9 +840,14 @@ class Bench:
         except TypeError:
             ws = connect(url, **kw)
         with ws, self.client() as c:
-            ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "subscribe",
-                                "params": {"all": True, "caller_agent_id": SUBSCRIBER}}))
+            subscribe = {"all": True, "caller_agent_id": SUBSCRIBER}
+            ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": subscribe}))
             reply = _ws_reply(ws, 1)
+            old = ((reply.get("error") or {}).get("data") or {}).get("subscription_id")
+            if old:  # a repository benchmarked before (--repo) keeps that run's subscription: start afresh
+                c.call("unsubscribe", {"subscription_id": old, "caller_agent_id": SUBSCRIBER})
+                ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "subscribe", "params": subscribe}))
+                reply = _ws_reply(ws, 2)
             if "error" in reply:
                 raise RuntimeError(f"subscribe failed: {reply['error']}")
             params = {"content": "websocket latency probe", "caller_agent_id": SENDER,
