@@ -801,8 +801,8 @@ def search_messages(b: Bridge, a: dict):
         lines.append(f"- {h['message_id']} from @{h['author']} at {h['created_at']}{thread}: "
                      + " ".join(h["snippet"].split()))
     if result.get("not_indexed_yet"):
-        lines.append(f"(The search index is still being built after a rebuild: {result['not_indexed_yet']:,} "
-                     "messages were not searched yet; try again shortly.)")
+        lines.append(f"(The search index is catching up: {result['not_indexed_yet']:,} messages were not searched"
+                     " yet; try again shortly.)")
     elif not result["searched_all"]:
         lines.append("(Ranked among the newest messages; narrow the search with from, to, thread_id or since to "
                      "reach older ones.)")

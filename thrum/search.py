@@ -497,8 +497,9 @@ class Search:
         """{query, from?, to?, thread_id?, since?, until?, limit?, highlight?: [start, end]}
         → {hits: [{message_id, author, created_at, snippet, score, thread_id, ...}], query, searched_all}
         """
-        # Whatever was sent before this search is found by it -- unless a rebuild left a backlog that
-        # the idle-time indexing is still working through: then the search says how much it missed.
+        # Whatever was sent before this search is found by it -- unless a backlog larger than a search
+        # should index first (after a rebuild, or sends faster than the idle-time steps) is still being
+        # worked through: then the search says how much it missed.
         pending = self._index(SEARCH_CATCH_UP)
         result = search(self.daemon.service, self.db, p, self.frequencies)
         if pending:
@@ -763,7 +764,7 @@ def human_lines(result: dict, *, tty: bool, ago=None) -> list[str]:
     """Lines for `thrum search`: author, time ago, thread, and the snippet with its hits marked."""
     hits = result.get("hits") or []
     missed = result.get("not_indexed_yet")
-    note = ([f"(the search index is still being built after a rebuild: {missed:,} messages not searched yet)"]
+    note = ([f"(the search index is catching up: {missed:,} messages not searched yet)"]
             if missed else [])
     if not hits:
         return [f"No messages match {result.get('query', '')!r}."] + note

@@ -60,7 +60,7 @@ export function searchView(app, query) {
       if (!alive) return;
       const n = r.hits.length;
       const building = r.not_indexed_yet
-        ? ` The search index is still being built after a rebuild: ${r.not_indexed_yet.toLocaleString()} messages not searched yet.`
+        ? ` The search index is catching up: ${r.not_indexed_yet.toLocaleString()} messages not searched yet.`
         : "";
       status.textContent = (n
         ? `${n}${n === LIMIT ? "+" : ""} message${n === 1 ? "" : "s"} found, best first${r.searched_all || building ? "" : " (ranked among the newest)"}.`
