@@ -186,8 +186,9 @@ def _rebuilt(path, events: list[dict]) -> sqlite3.Connection:
     proj = Projection(conn, {}, bulk=True)
     conn.execute("BEGIN")
     ordered = _ordered(events)
-    for i in range(0, len(ordered), 1000):
-        proj.apply_all(ordered[i:i + 1000])
+    items = [store_mod.bulk_item(e, order_key(e)[0]) for e in ordered]  # as a rebuild's reader hands them over
+    for i in range(0, len(items), 1000):
+        proj.apply_items(items[i:i + 1000])
     for stmt in store_mod._split_statements(store_mod._DERIVE_SQL):
         conn.execute(stmt)
     conn.execute("COMMIT")

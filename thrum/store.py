@@ -792,15 +792,7 @@ class Projection:
         pairs = events if not events or isinstance(events[0], tuple) else [(e, None) for e in events]
         self.db.execute("SAVEPOINT apply_all")
         try:
-            if self.bulk and self._all_new(pairs):
-                fns = self.appliers
-                for e, ns in pairs:
-                    fn = fns.get(e["type"])
-                    if fn is not None:
-                        fn(e, order_key(e)[0] if ns is None else ns)
-                self._flush_rows()
-                new = [e for e, _ in pairs]
-            elif not self.bulk and len(pairs) >= BULK_MIN and self._all_new(pairs):
+            if not self.bulk and len(pairs) >= BULK_MIN and self._all_new(pairs):
                 self._apply_new(pairs)
                 new = [e for e, _ in pairs]
             else:
