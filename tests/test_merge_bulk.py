@@ -423,3 +423,82 @@ def test_a_merge_of_thousands_of_events_equals_a_rebuild(tmp_path, clones, sync_
     finally:
         conn.close()
     assert_projection_equals_a_rebuild(a, tmp_path)  # the ledger and bad lines included
+
+
+# -- a merge's chunks share one transaction (Store.hold_merged) -----------------------------------
+
+def _held_store(tmp_path):
+    from thrum.store import Store
+
+    var = tmp_path / "var"
+    var.mkdir()
+    store = Store(str(tmp_path / "sync"), str(var / "messages.db"), str(var), "d_test")
+    store.open()
+    return store, str(var / "messages.db")
+
+
+def _foreign(n0: int, n: int) -> list[bytes]:
+    from thrum.events import encode_line
+
+    return [encode_line({"type": "message.create", "v": 1, "event_id": f"evt_peer_{i:05d}",
+                         "timestamp": format_ns(T0 + i * 10**6), "message_id": f"msg_peer_{i:05d}",
+                         "agent_id": "peer", "body": {"format": "markdown", "content": f"from the peer {i}"}})
+            for i in range(n0, n0 + n)]
+
+
+def _committed_messages(db_path: str) -> int:
+    other = sqlite3.connect(db_path)  # another connection sees only what was committed
+    try:
+        return other.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        other.close()
+
+
+def test_held_merge_chunks_commit_once_and_keep_no_events_in_memory(tmp_path):
+    store, db_path = _held_store(tmp_path)
+    for k in range(3):
+        store.append_foreign_lines("messages/peer.jsonl", _foreign(k * 300, 300))
+        store.hold_merged()
+        assert store.holding and store._uncommitted == []
+    store.maintain()  # idle upkeep waits for the merge: no COMMIT, no checkpoint
+    assert store.holding and _committed_messages(db_path) == 0
+    assert len(store.known_event_ids(["evt_peer_00000", "evt_peer_00899"])) == 2  # and it commits nothing
+    assert store.holding
+    store.commit_deferred()
+    assert not store.holding and _committed_messages(db_path) == 900
+    store.close()
+
+
+def test_a_request_never_joins_a_held_merge(tmp_path):
+    store, db_path = _held_store(tmp_path)
+    store.append_foreign_lines("messages/peer.jsonl", _foreign(0, 300))
+    store.hold_merged()
+    store.begin()  # a request's batch: the merge's rows are committed before it starts
+    assert not store.holding and _committed_messages(db_path) == 300
+    store.append("message.create", {"message_id": "msg_local", "agent_id": "alice",
+                                    "body": {"format": "markdown", "content": "local"}})
+    store.rollback()  # a failed request undoes itself only
+    assert _committed_messages(db_path) == 300
+    store.close()
+
+
+def test_a_failed_chunk_rolls_back_to_the_logged_lines_of_the_chunks_before_it(tmp_path, monkeypatch):
+    store, db_path = _held_store(tmp_path)
+    store.append_foreign_lines("messages/peer.jsonl", _foreign(0, 300))
+    store.hold_merged()
+    store.append_foreign_lines("messages/peer.jsonl", _foreign(300, 300))
+    store.hold_merged()
+
+    def broken_once(pairs):
+        monkeypatch.undo()
+        raise sqlite3.OperationalError("disk I/O error")
+    monkeypatch.setattr(store.projection, "apply_all", broken_once)
+    with pytest.raises(sqlite3.OperationalError):
+        store.append_foreign_lines("messages/peer.jsonl", _foreign(600, 300))
+    store.rollback()  # what the daemon does when a chunk fails (Daemon.run_write)
+    # The two durable chunks were applied again from the log; the failed one is in neither.
+    assert not store.holding and _committed_messages(db_path) == 600
+    assert len(store.known_event_ids([f"evt_peer_{i:05d}" for i in range(900)])) == 600
+    log = (tmp_path / "sync" / "messages" / "peer.jsonl").read_bytes()
+    assert log == b"".join(_foreign(0, 600))
+    store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from thrum import sync
 from thrum.rpc import Deferred, ThrumError
 
@@ -248,3 +250,80 @@ def test_added_lines_read_from_git_output_file_one_at_a_time(tmp_path):
     streamed = sync.iter_added_lines(sync._file_lines(str(out)))
     assert next(streamed) == b"l3\r"  # nothing but the newline is taken off
     assert [b"l3\r", *streamed] == sync.added_lines(diff) == [b"l3\r", b"x" * 100_000, b"l5"]
+
+
+# -- the round host: git calls that run while the round projects --------------------------------
+
+class _Children(_FakeLoop):
+    """A loop whose children end when the test says so; each records whether it was killed."""
+
+    class Child:
+        def __init__(self, argv, on_done) -> None:
+            self.argv, self.on_done, self.done, self.killed = argv, on_done, False, False
+
+        def kill(self) -> None:
+            self.killed = True
+
+        def end(self, rc: int = 0, out: bytes = b"") -> None:
+            self.done = True
+            self.on_done(rc, out, b"")
+
+    def spawn(self, argv, on_done, **kw):
+        child = self.Child(argv, on_done)
+        self.spawned.append(child)
+        return child
+
+
+def _round_host(tmp_path, round_steps) -> tuple[sync.SyncLoop, list]:
+    """A SyncLoop running the generator `round_steps(trace)`; trace records what the round saw."""
+    from types import SimpleNamespace
+
+    loop = _probing_loop(tmp_path, daemon=None)
+    loop.daemon = SimpleNamespace(loop=_Children(), push=_FakePush(),
+                                  run_write=lambda fn, hold=False: trace.append(("write", fn())))
+    loop.running, loop.started_at = False, sync.time.monotonic()
+    loop.lock_fd = os.open(tmp_path / "sync.lock", os.O_CREAT | os.O_RDWR)
+    loop.state_path = str(tmp_path / "state.json")
+    trace: list = []
+    loop.round, loop.gen = None, round_steps(trace)
+    return loop, trace
+
+
+def test_a_batch_started_without_waiting_runs_while_the_round_writes_and_hands_over_its_results(tmp_path):
+    def steps(trace):
+        yield sync._GitBatch([(["diff-tree", "one"], lambda: None, 5), (["diff-tree", "two"], lambda: None, 5)],
+                             wait=False)
+        yield sync._Write(lambda: "projected while git ran")
+        results = yield sync._Await()
+        trace.append(("results", [r.out for r in results]))
+        yield sync._GitBatch([(["diff-tree", "three"], lambda: None, 5)], wait=False)
+        results = yield sync._Await()
+        trace.append(("results", [r.out for r in results]))
+
+    loop, trace = _round_host(tmp_path, steps)
+    loop._advance(None)
+    children = loop.daemon.loop.spawned
+    assert [c.argv[-1] for c in children] == ["one", "two"]
+    assert trace == [("write", "projected while git ran")]  # the write did not wait for git
+    children[1].end(0, b"second")
+    assert loop.gen is not None and len(trace) == 1  # still waiting for the first call
+    children[0].end(0, b"first")
+    assert trace[1] == ("results", [b"first", b"second"])  # in the order they were asked for
+    children[2].end(0, b"third")  # ended before the round awaited it: handed over at once
+    assert trace[2] == ("results", [b"third"]) and loop.gen is None and loop.batch is None
+    assert loop.state["last_error"] == ""
+
+
+def test_a_round_that_ends_with_git_still_running_kills_it_and_ignores_its_late_answer(tmp_path):
+    def steps(trace):
+        yield sync._GitBatch([(["diff-tree", "next"], lambda: None, 5)], wait=False)
+        raise sync.SyncError("the projection failed")
+        yield  # pragma: no cover
+
+    loop, trace = _round_host(tmp_path, steps)
+    loop._advance(None)
+    child = loop.daemon.loop.spawned[0]
+    assert child.killed and loop.batch is None and loop.state["last_error"] == "the projection failed"
+    loop.batch = marker = [[], [], 0, 0, True]  # the next round's batch
+    child.end(-9)
+    assert loop.batch is marker and marker[1] == []

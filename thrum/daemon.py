@@ -656,21 +656,22 @@ class Daemon:
     def _maintain(self) -> None:
         self._maintenance = None
         self.store.maintain()
-        if self.store.behind:  # the database is still failing: try again later
+        if self.store.behind or self.store.holding:  # failing, or a merge is under way: later
             self._schedule_maintenance()
 
-    def run_write(self, fn):
+    def run_write(self, fn, hold: bool = False):
         """Run fn(store) as its own durable batch (for components: sync merges, git context).
 
         Appends made by `fn` are committed like a request's, and the committed
         events reach the event listeners (push notifications). If `fn` raises,
-        nothing it appended is kept.
+        nothing it appended is kept. With `hold` (a sync merge's chunks) the batch is
+        durable but its COMMIT waits for the next chunk (Store.hold_merged).
         """
         self.process_pending()  # never mix with a half-built request batch
         store = self.store
         try:
             result = fn(store)
-            events = store.commit()
+            events = store.hold_merged() if hold else store.commit()
         except BaseException:
             store.rollback()
             raise

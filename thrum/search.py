@@ -451,8 +451,8 @@ class Search:
         delay = CATCH_UP_TICK if self.merging else IDLE_TICK
         try:
             store = self.daemon.store
-            if store.in_batch or self.db.in_transaction:
-                return
+            if store.in_batch or store.holding or self.db.in_transaction:
+                return  # (a sync merge's messages are indexed once it has committed them)
             if self._index(INDEX_BATCH) > 0:
                 if self.merging or pending_count(self.db) > CATCH_UP_ABOVE:
                     self.merging = True

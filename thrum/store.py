@@ -1353,6 +1353,9 @@ class Store:
         # transaction stays open, and whatever uses the database next commits it first (`db`).
         self._deferred = False
         self._uncommitted: list[dict] = []  # the events of the durable batches the open transaction holds
+        # The open transaction also holds merged batches whose events are not kept (hold_merged):
+        # a ROLLBACK applies the log from the recorded offsets instead.
+        self._held = False
         self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
         self._flushed: dict = {}  # log files the durable, not yet committed batch wrote to
@@ -1469,7 +1472,7 @@ class Store:
 
     def maintain(self) -> None:
         """Idle-time upkeep: fsync the log files (emptying the journal) and checkpoint the WAL."""
-        if self._in_batch:
+        if self._in_batch or self.holding:
             return
         try:
             self.ensure_current()
@@ -1629,7 +1632,16 @@ class Store:
     def in_batch(self) -> bool:
         return self._in_batch
 
-    def begin(self) -> None:
+    @property
+    def holding(self) -> bool:
+        """A sync merge's transaction is open, its COMMIT waiting for the merge to end (hold_merged)."""
+        return self._deferred and self._held
+
+    def begin(self, merged: bool = False) -> None:
+        if self._deferred and self._held and not merged:
+            # A request never shares a transaction with batches only the log could restore:
+            # undoing a failed request (undo_to) applies again only the events kept in memory.
+            self.commit_deferred()
         if self._deferred:  # the next batch goes on in the transaction whose COMMIT waits
             self._deferred = False
             self._in_batch = True
@@ -1717,11 +1729,12 @@ class Store:
         self.commit_projection()
         return events
 
-    def make_durable(self) -> list[dict]:
+    def make_durable(self, keep: bool = True) -> list[dict]:
         """Write and sync the batch's log lines: from here on the writes have happened.
 
         The projection's transaction stays open until commit_projection(), so the daemon can
-        answer in between (the database is not what makes a write durable)."""
+        answer in between (the database is not what makes a write durable). Without `keep`,
+        the events are not kept for applying again after a ROLLBACK: the log is read instead."""
         if not self._in_batch:
             return []
         events, self._batch_events = self._batch_events, []
@@ -1736,7 +1749,23 @@ class Store:
             finally:
                 self._reapply_uncommitted()
             raise
-        self._uncommitted.extend(events)
+        if keep:
+            self._uncommitted.extend(events)
+        else:
+            self._held = True
+        return events
+
+    def hold_merged(self) -> list[dict]:
+        """Make a batch of merged lines durable and leave its COMMIT waiting for the next one.
+
+        A sync merge projects a peer's lines a chunk at a time. Committing each chunk rewrote the
+        same index pages (the peer's messages land among the newest of every index) for every
+        chunk, and checkpointing them again; one COMMIT for the merge writes them once. The
+        events are not kept in memory meanwhile (a merge can hold a hundred thousand): a ROLLBACK
+        applies the logged lines from the offsets of the last COMMIT, as after a crash. Whatever
+        uses the database commits first (`db`); idle upkeep waits (`holding`)."""
+        events = self.make_durable(keep=False)
+        self.commit_projection(defer=True)
         return events
 
     def commit_projection(self, defer: bool = False) -> bool:
@@ -1751,7 +1780,7 @@ class Store:
             self._in_batch = False
             self._deferred = True
             return True
-        self._uncommitted = []
+        self._uncommitted, self._held = [], False
         flushed, self._flushed = self._flushed, {}
         try:
             for rel, (size, tail) in flushed.items():
@@ -1775,6 +1804,10 @@ class Store:
         """After a ROLLBACK: the durable batches whose COMMIT was deferred are applied again, in an open
         transaction whose COMMIT waits; if that fails, from the log."""
         events, self._uncommitted = self._uncommitted, []
+        if self._held:
+            self._flushed = {}
+            self._project_from_log("a merge's open transaction was rolled back")
+            return
         if not events:
             return
         try:
@@ -1791,10 +1824,10 @@ class Store:
     def _project_from_log(self, why: str) -> None:
         """Drop the failed transaction and catch up from the log, now or before the next write."""
         self.projection.version += 1
-        self._uncommitted = []
+        self._uncommitted, self._held, self._deferred = [], False, False
         try:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # SQLite may have rolled back already
         self.behind = why
@@ -1842,7 +1875,7 @@ class Store:
         lines are appended too, and reported as bad lines: the union never drops one.
         """
         events = []
-        self.begin()
+        self.begin(merged=True)
         for line in lines:
             if not line.endswith(b"\n"):
                 line += b"\n"
@@ -1865,7 +1898,8 @@ class Store:
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             q = "SELECT event_id FROM applied WHERE event_id IN (%s)" % ",".join("?" * len(chunk))
-            out.update(r[0] for r in self.db.execute(q, chunk))
+            # (a read of this connection's own open transaction: no need to commit a merge's first)
+            out.update(r[0] for r in self._conn.execute(q, chunk))
         return out
 
     # health

@@ -314,20 +314,30 @@ class _GitBatch:
     """Independent git calls the host may run concurrently; resumed with their results in order.
 
     Each item's input is a function, called when that call starts, so only the
-    inputs of the calls in flight are in memory.
+    inputs of the calls in flight are in memory. With wait=False the round resumes at
+    once (with None) and the calls run on while it does other work, such as projecting;
+    a later `_Await()` resumes with their results. One such batch at a time.
     """
-    __slots__ = ("items",)
+    __slots__ = ("items", "wait")
     LIMIT = 4
 
-    def __init__(self, items: list) -> None:
+    def __init__(self, items: list, wait: bool = True) -> None:
         self.items = items  # [(args, input_fn, timeout)]
+        self.wait = wait
+
+
+class _Await:
+    """Resume with the results of the batch started with wait=False."""
+    __slots__ = ()
 
 
 class _Write:
-    __slots__ = ("fn",)
+    """fn(store) as a durable batch; with `hold`, a merge's chunk whose COMMIT may wait for the next
+    (the daemon's host does so: Store.hold_merged; a blocking round commits each)."""
+    __slots__ = ("fn", "hold")
 
-    def __init__(self, fn) -> None:
-        self.fn = fn
+    def __init__(self, fn, hold: bool = False) -> None:
+        self.fn, self.hold = fn, hold
 
 
 class _Progress:
@@ -487,6 +497,10 @@ def _whole(data):
         chunks.append(chunk)
     data.close()
     return b"".join(chunks)
+
+
+def _commit_merged(store) -> None:
+    store.commit_deferred()
 
 
 def _event_id_of(line: bytes):
@@ -694,23 +708,30 @@ class _Round:
         # Each file's new lines come from git as a diff against `since` (whose lines we hold
         # already): git reads the two blobs, we get the added lines only. Reading whole blobs
         # would put every touched shard -- tens of MiB each in a long-lived repository -- in
-        # the daemon's memory. Two files at a time (one per core), then their lines are
-        # deduplicated and projected a WRITE_CHUNK at a time, so memory follows the new lines
-        # of two files, not the history.
+        # the daemon's memory. Two files at a time, then their lines are deduplicated and
+        # projected a WRITE_CHUNK at a time (while git diffs the next two), so memory follows
+        # the new lines of a few files, not the history.
         seen_bad = set(st.get("bad_seen", []))
         # git writes each diff to a file (--output), read back a line at a time: one shard can
         # gain tens of MiB in a merge, which a pipe buffer would hold whole (and leave the
         # daemon's heap that much larger for good).
-        outputs = [os.path.join(self.env.var_dir, f"merge-diff-{k}.tmp") for k in range(MERGE_FILES_AT_ONCE)]
+        parts = [wanted[i:i + MERGE_FILES_AT_ONCE] for i in range(0, len(wanted), MERGE_FILES_AT_ONCE)]
+
+        def diffs(k: int) -> _GitBatch:
+            # Two sets of output files: git writes the next part's diffs while we project this one's.
+            return _GitBatch([(["diff-tree", "-p", "-U0", "-a", "--no-renames", "--no-color", "--no-ext-diff",
+                                "--no-textconv", "--diff-algorithm=myers", f"--output={outputs[k % 2][j]}",
+                                since, remote, "--", path], lambda: None, FETCH_TIMEOUT)
+                              for j, (path, _) in enumerate(parts[k])], wait=False)
+        outputs = [[os.path.join(self.env.var_dir, f"merge-diff-{k}-{j}.tmp") for j in range(MERGE_FILES_AT_ONCE)]
+                   for k in range(2)]
         try:
-            for i in range(0, len(wanted), MERGE_FILES_AT_ONCE):
-                part = wanted[i:i + MERGE_FILES_AT_ONCE]
-                results = yield _GitBatch([(["diff-tree", "-p", "-U0", "-a", "--no-renames", "--no-color",
-                                             "--no-ext-diff", "--no-textconv", "--diff-algorithm=myers",
-                                             f"--output={out}", since, remote, "--", path], lambda: None,
-                                            FETCH_TIMEOUT)
-                                           for (path, _), out in zip(part, outputs)])
-                for (path, _), res, out in zip(part, results, outputs):
+            yield diffs(0)
+            for k, part in enumerate(parts):
+                results = yield _Await()
+                if k + 1 < len(parts):
+                    yield diffs(k + 1)
+                for (path, _), res, out in zip(part, results, outputs[k % 2]):
                     if res.rc != 0:
                         raise SyncError(f"git diff-tree failed for {path}: {res.error}")
                     chunk: list[bytes] = []
@@ -721,8 +742,9 @@ class _Round:
                             chunk = []
                     if chunk:
                         yield from self._merge_lines(path, chunk, seen_bad)
-        finally:
-            for out in outputs:
+            yield _Write(_commit_merged)
+        finally:  # (a batch still running when the round ends is killed by the host)
+            for out in (o for pair in outputs for o in pair):
                 try:
                     os.unlink(out)
                 except FileNotFoundError:
@@ -751,7 +773,7 @@ class _Round:
             new.append(line + b"\n")
         if not new:
             return
-        yield _Write(lambda store, p=path, ls=new: store.append_foreign_lines(p, ls))
+        yield _Write(lambda store, p=path, ls=new: store.append_foreign_lines(p, ls), hold=True)
         self.result["pulled"] += len(new)
         st["pulled_uncommitted"] = st.get("pulled_uncommitted", 0) + len(new)
         self.result["merged_remote"] = True
@@ -917,7 +939,7 @@ def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
     """Run one round synchronously (scripts, benchmarks): returns the round's result."""
     rnd = _Round(env, state)
     gen = rnd.run()
-    value = None
+    value = started = None
     while True:
         try:
             step = gen.send(value)
@@ -927,6 +949,10 @@ def run_blocking(env: RoundEnv, state: dict, on_progress=None) -> dict:
             value = _run_git(env.sync_dir, step.args, step.input, step.timeout)
         elif isinstance(step, _GitBatch):
             value = [_run_git(env.sync_dir, args, _whole(input_fn()), timeout) for args, input_fn, timeout in step.items]
+            if not step.wait:  # run now, handed over at the _Await
+                started, value = value, None
+        elif isinstance(step, _Await):
+            value, started = started, None
         elif isinstance(step, _Write):
             store = env.store
             try:
@@ -1331,16 +1357,32 @@ class SyncLoop:
                     self._finish(f"cannot run git: {exc}")
                 return
             if isinstance(step, _GitBatch):
+                if self.batch is not None:
+                    self._abandon("internal error: a second git batch started while one runs")
+                    return
                 self.step_started = time.monotonic()
                 self.step_name = f"{len(step.items)} x {step.items[0][0][0]}" if step.items else "nothing"
-                self.batch = [step.items, [None] * len(step.items), 0, 0]  # items, results, next, running
+                # items, results, next, running, whether the round waits for it
+                self.batch = [step.items, [None] * len(step.items), 0, 0, step.wait]
                 self._batch_fill()
+                if step.wait:
+                    return
+                continue
+            if isinstance(step, _Await):
+                batch = self.batch
+                if batch is None:
+                    self._abandon("internal error: awaited a git batch that was not started")
+                    return
+                if batch[3] == 0 and batch[2] == len(batch[0]):
+                    self.batch, value = None, batch[1]
+                    continue
+                batch[4] = True  # resumed by _batch_fill when the last call ends
                 return
             if isinstance(step, _Write):
                 self.merging = True
                 started = time.monotonic()
                 try:
-                    self.daemon.run_write(step.fn)
+                    self.daemon.run_write(step.fn, hold=step.hold)
                     log.debug("sync write: %.1f ms", (time.monotonic() - started) * 1000)
                 except Exception as exc:
                     self.gen.close()
@@ -1384,7 +1426,8 @@ class SyncLoop:
                 args, input_fn, timeout = items[i]
                 batch[2] += 1
                 batch[3] += 1
-                self._spawn(args, input_fn(), timeout, lambda rc, out, err, i=i: self._batch_done(i, rc, out, err))
+                self._spawn(args, input_fn(), timeout,
+                            lambda rc, out, err, i=i, b=batch: self._batch_done(b, i, rc, out, err))
         except OSError as exc:
             self.batch = None
             for child in list(self.children):
@@ -1392,14 +1435,14 @@ class SyncLoop:
             self.gen.close()
             self._finish(f"cannot run git: {exc}")
             return
-        if batch[3] == 0 and batch[2] == len(items):
+        if batch[3] == 0 and batch[2] == len(items) and batch[4]:
             self.batch = None
             log.debug("sync git %s: %.1f ms", self.step_name, (time.monotonic() - self.step_started) * 1000)
             self._advance(results)
 
-    def _batch_done(self, i: int, rc: int, out: bytes, err: bytes) -> None:
-        if self.batch is None:
-            return
+    def _batch_done(self, batch: list, i: int, rc: int, out: bytes, err: bytes) -> None:
+        if self.batch is not batch:
+            return  # a batch of a round that has ended
         self.batch[1][i] = GitResult(rc, out, err)
         self.batch[3] -= 1
         self._batch_fill()
@@ -1423,8 +1466,19 @@ class SyncLoop:
         except OSError:
             pass
 
+    def _abandon(self, error: str) -> None:
+        self.gen.close()
+        self._finish(error)
+
     def _finish(self, error: str, *, locked: bool = True) -> None:
         rnd, self.round, self.gen = self.round, None, None
+        self.batch = None
+        for child in list(self.children):  # git calls started without waiting, still running
+            if not child.done:
+                child.kill()
+        store = getattr(self.daemon, "store", None)
+        if store is not None and store.holding:  # a merge that stopped half-way: what it applied stays
+            store.commit_deferred()
         if locked:
             self._unlock()
         self.active = False
