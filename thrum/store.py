@@ -1868,28 +1868,32 @@ class Store:
 
     # lines merged from elsewhere (sync)
 
-    def append_foreign_lines(self, rel: str, lines: list[bytes]) -> list[dict]:
+    def append_foreign_lines(self, rel: str, lines: list) -> list[dict]:
         """Append lines written by another clone verbatim and project them (inside a batch).
 
-        The caller has already dropped lines whose event_id is known. Unparseable
-        lines are appended too, and reported as bad lines: the union never drops one.
+        `lines` holds lines, or (line, event) pairs when the caller decoded them already (None
+        for a line that is not an event). The caller has already dropped lines whose event_id
+        is known. Unparseable lines are appended too, and reported as bad lines: the union never
+        drops one.
         """
         events = []
         self.begin(merged=True)
-        for line in lines:
+        for item in lines:
+            line, event = item if isinstance(item, tuple) else (item, None)
             if not line.endswith(b"\n"):
                 line += b"\n"
             self.log.stage(rel, line)
-            try:
-                event = decode_event(line)
-            except EventError as exc:
-                self.db.execute("INSERT OR IGNORE INTO bad_lines VALUES (?,?,?,?)",
-                                (rel, -now_ns(), f"from remote: {exc}", line[:200].decode("utf-8", "replace")))
-                log.warning("kept an unparseable remote line in %s: %s", rel, exc)
-                continue
-            events.append(event)
-        events.sort(key=order_key)
-        new = self.projection.apply_all(events)
+            if event is None:
+                try:
+                    event = decode_event(line)
+                except EventError as exc:
+                    self.db.execute("INSERT OR IGNORE INTO bad_lines VALUES (?,?,?,?)",
+                                    (rel, -now_ns(), f"from remote: {exc}", line[:200].decode("utf-8", "replace")))
+                    log.warning("kept an unparseable remote line in %s: %s", rel, exc)
+                    continue
+            events.append((order_key(event), event))
+        events.sort(key=lambda pair: pair[0])
+        new = self.projection.apply_all([(e, key[0]) for key, e in events])  # instants parsed once
         self._batch_events.extend(new)
         return new
 

@@ -503,14 +503,20 @@ def _commit_merged(store) -> None:
     store.commit_deferred()
 
 
-def _event_id_of(line: bytes):
-    """The event_id a line is deduplicated by, or None when the line is not an event."""
+def _event_of(line: bytes) -> dict | None:
+    """The event a line holds (deduplicated by its event_id), or None when the line is not an event."""
     from thrum.events import EventError, decode_event
 
     try:
-        return decode_event(line)["event_id"]
+        return decode_event(line)
     except EventError:
         return None
+
+
+def _event_id_of(line: bytes):
+    """The event_id a line is deduplicated by, or None when the line is not an event."""
+    event = _event_of(line)
+    return None if event is None else event["event_id"]
 
 
 def _local_offset_time(epoch: float) -> str:
@@ -755,10 +761,11 @@ class _Round:
         """Append and project those of a file's remote lines that are not ours yet (one durable write)."""
         st = self.state
         self.result["examined"] += len(lines)
-        eids = [_event_id_of(line) for line in lines]
+        events = [_event_of(line) for line in lines]  # decoded once: the projection takes them as they are
+        eids = [e["event_id"] if e is not None else None for e in events]
         known = self.env.store.known_event_ids([e for e in eids if e])
-        new: list[bytes] = []
-        for line, eid in zip(lines, eids):
+        new: list[tuple[bytes, dict | None]] = []
+        for line, eid, event in zip(lines, eids, events):
             if eid is not None:
                 if eid in known:
                     continue
@@ -770,7 +777,7 @@ class _Round:
                     continue
                 seen_bad.add(h)
                 self.result["bad_lines"] += 1
-            new.append(line + b"\n")
+            new.append((line + b"\n", event))
         if not new:
             return
         yield _Write(lambda store, p=path, ls=new: store.append_foreign_lines(p, ls), hold=True)
