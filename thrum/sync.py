@@ -722,15 +722,15 @@ class _Round:
         # gain tens of MiB in a merge, which a pipe buffer would hold whole (and leave the
         # daemon's heap that much larger for good).
         parts = [wanted[i:i + MERGE_FILES_AT_ONCE] for i in range(0, len(wanted), MERGE_FILES_AT_ONCE)]
+        # Two sets of output files: git writes the next part's diffs while we project this one's.
+        outputs = [[os.path.join(self.env.var_dir, f"merge-diff-{k}-{j}.tmp") for j in range(MERGE_FILES_AT_ONCE)]
+                   for k in range(2)]
 
         def diffs(k: int) -> _GitBatch:
-            # Two sets of output files: git writes the next part's diffs while we project this one's.
             return _GitBatch([(["diff-tree", "-p", "-U0", "-a", "--no-renames", "--no-color", "--no-ext-diff",
                                 "--no-textconv", "--diff-algorithm=myers", f"--output={outputs[k % 2][j]}",
                                 since, remote, "--", path], lambda: None, FETCH_TIMEOUT)
                               for j, (path, _) in enumerate(parts[k])], wait=False)
-        outputs = [[os.path.join(self.env.var_dir, f"merge-diff-{k}-{j}.tmp") for j in range(MERGE_FILES_AT_ONCE)]
-                   for k in range(2)]
         try:
             yield diffs(0)
             for k, part in enumerate(parts):
