@@ -375,3 +375,51 @@ def test_a_large_database_is_checked_in_full_only_after_a_request_met_damage(tmp
     assert s.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 300
     assert not (var / "projection.suspect").exists()
     s.close()
+
+
+def test_a_large_wal_is_checkpointed_by_a_thread_while_writes_go_on(tmp_path, monkeypatch):
+    import shutil
+    import threading
+
+    from thrum import store as store_mod
+    from thrum.store import Store
+
+    var = tmp_path / "var"
+    var.mkdir()
+    store = Store(str(tmp_path / "sync"), str(var / "messages.db"), str(var), "d_test")
+    store.open()
+    store.maintain()  # the rebuild's WAL, checkpointed on the loop: it is small
+
+    def send(i: int) -> None:
+        store.append("message.create", {"message_id": f"msg_{i:04d}", "agent_id": "alice",
+                                        "body": {"format": "markdown", "content": f"m{i} " + "x" * 2000}})
+        store.commit()
+    for i in range(200):
+        send(i)
+    ran_in: list[str] = []
+    real = store_mod._checkpoint
+
+    started = threading.Event()
+
+    def checkpoint(path: str) -> None:
+        ran_in.append(threading.current_thread().name)
+        started.set()
+        real(path)
+    monkeypatch.setattr(store_mod, "_checkpoint", checkpoint)
+    monkeypatch.setattr(store_mod, "BACKGROUND_CHECKPOINT_BYTES", 64 << 10)
+    assert os.path.getsize(var / "messages.db-wal") > 64 << 10
+    store.maintain()  # returns at once: the loop goes on
+    assert started.wait(10)
+    send(1000)  # a write while the copy may still run (PASSIVE: neither waits for the other)
+    store.maintain()  # one copy at a time: this one finds it running, or finished, and goes on
+    store._join_checkpointer()
+    assert ran_in and set(ran_in) == {"thrum-wal-checkpoint"}  # never on the calling thread
+    # The database file alone (no WAL) holds what was committed before the copy.
+    alone = tmp_path / "alone.db"
+    shutil.copy(var / "messages.db", alone)
+    copy = sqlite3.connect(alone)
+    assert copy.execute("SELECT COUNT(*) FROM messages").fetchone()[0] >= 200
+    copy.close()
+    assert store.stats()["messages"] == 201
+    assert store.db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    store.close()

@@ -35,6 +35,7 @@ import logging
 import os
 import sqlite3
 import struct
+import threading
 import zlib
 
 from thrum.events import (
@@ -51,6 +52,10 @@ SCHEMA_VERSION = 3
 EVENTS_FILE = "events.jsonl"
 MESSAGES_DIR = "messages"
 _TAIL = 32  # bytes of a file's end remembered to notice a file replaced under us
+# A WAL past this size (a large sync merge's single COMMIT writes ~200 MiB at a million messages) is
+# checkpointed by a thread on a connection of its own: copying it takes seconds, which the loop would
+# otherwise spend not serving. The WAL file is cut back to this size once it restarts.
+BACKGROUND_CHECKPOINT_BYTES = 16 << 20
 
 
 class StorageFailure(Exception):
@@ -1356,6 +1361,7 @@ class Store:
         # The open transaction also holds merged batches whose events are not kept (hold_merged):
         # a ROLLBACK applies the log from the recorded offsets instead.
         self._held = False
+        self._checkpointer: threading.Thread | None = None  # see BACKGROUND_CHECKPOINT_BYTES
         self.behind = ""  # why the projection lacks lines that are in the log (a failed COMMIT)
         self._batch_events: list[dict] = []
         self._flushed: dict = {}  # log files the durable, not yet committed batch wrote to
@@ -1467,6 +1473,7 @@ class Store:
         # WAL checkpoints run from `maintain`, after replies are sent, instead of
         # stalling whichever COMMIT crosses SQLite's automatic threshold.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={BACKGROUND_CHECKPOINT_BYTES}")
         self.db = conn
         self.projection = Projection(conn, self._extra_appliers)
 
@@ -1479,12 +1486,31 @@ class Store:
         except StorageFailure as exc:
             log.warning("%s", exc)
         self.log.checkpoint()
+        if self._checkpointer is not None:
+            if self._checkpointer.is_alive():
+                return
+            self._checkpointer = None
+        try:
+            wal = os.path.getsize(self.db_path + "-wal")
+        except OSError:
+            wal = 0
+        if wal > BACKGROUND_CHECKPOINT_BYTES:
+            self._checkpointer = threading.Thread(target=_checkpoint, args=(self.db_path,), daemon=True,
+                                                  name="thrum-wal-checkpoint")
+            self._checkpointer.start()
+            return
         try:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed: %s", exc)
 
+    def _join_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=120)  # bounded: a checkpoint of a large WAL takes seconds
+            self._checkpointer = None
+
     def close(self) -> None:
+        self._join_checkpointer()
         if self.db is not None:
             try:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1503,6 +1529,7 @@ class Store:
         arrive before its message). Indexes, triggers and the derived tables are built once,
         after the load.
         """
+        self._join_checkpointer()  # no connection of ours may be on the file being replaced
         if self.db is not None:
             self.db.close()
             self.db = None
@@ -1917,6 +1944,18 @@ class Store:
             "agents": q("SELECT COUNT(*) FROM agents").fetchone()[0],
             "bad_lines": q("SELECT COUNT(*) FROM bad_lines").fetchone()[0],
         }
+
+
+def _checkpoint(db_path: str) -> None:
+    """PASSIVE: copies what it can without waiting for, or blocking, the daemon's connection."""
+    try:
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("WAL checkpoint failed: %s", exc)
 
 
 def _remove(path: str) -> None:
