@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from thrum import sync
 from thrum.rpc import Deferred, ThrumError
 
@@ -274,22 +276,31 @@ class _Children(_FakeLoop):
         return child
 
 
-def _round_host(tmp_path, round_steps) -> tuple[sync.SyncLoop, list]:
-    """A SyncLoop running the generator `round_steps(trace)`; trace records what the round saw."""
+@pytest.fixture
+def round_host(tmp_path):
+    """make(round_steps) -> a SyncLoop running the generator `round_steps(trace)`, and the trace of what
+    the round saw. The loops' lock files are closed after the test."""
     from types import SimpleNamespace
 
-    loop = _probing_loop(tmp_path, daemon=None)
-    loop.daemon = SimpleNamespace(loop=_Children(), push=_FakePush(),
-                                  run_write=lambda fn, hold=False: trace.append(("write", fn())))
-    loop.running, loop.started_at = False, sync.time.monotonic()
-    loop.lock_fd = os.open(tmp_path / "sync.lock", os.O_CREAT | os.O_RDWR)
-    loop.state_path = str(tmp_path / "state.json")
-    trace: list = []
-    loop.round, loop.gen = None, round_steps(trace)
-    return loop, trace
+    fds: list[int] = []
+
+    def make(round_steps) -> tuple[sync.SyncLoop, list]:
+        loop = _probing_loop(tmp_path, daemon=None)
+        loop.daemon = SimpleNamespace(loop=_Children(), push=_FakePush(), store=SimpleNamespace(holding=False),
+                                      run_write=lambda fn, hold=False: trace.append(("write", fn())))
+        loop.running, loop.started_at = False, sync.time.monotonic()
+        loop.lock_fd = os.open(tmp_path / "sync.lock", os.O_CREAT | os.O_RDWR)
+        fds.append(loop.lock_fd)
+        loop.state_path = str(tmp_path / "state.json")
+        trace: list = []
+        loop.round, loop.gen = None, round_steps(trace)
+        return loop, trace
+    yield make
+    for fd in fds:
+        os.close(fd)
 
 
-def test_a_batch_started_without_waiting_runs_while_the_round_writes_and_hands_over_its_results(tmp_path):
+def test_a_batch_started_without_waiting_runs_while_the_round_writes_and_hands_over_its_results(round_host):
     def steps(trace):
         yield sync._GitBatch([(["diff-tree", "one"], lambda: None, 5), (["diff-tree", "two"], lambda: None, 5)],
                              wait=False)
@@ -300,7 +311,7 @@ def test_a_batch_started_without_waiting_runs_while_the_round_writes_and_hands_o
         results = yield sync._Await()
         trace.append(("results", [r.out for r in results]))
 
-    loop, trace = _round_host(tmp_path, steps)
+    loop, trace = round_host(steps)
     loop._advance(None)
     children = loop.daemon.loop.spawned
     assert [c.argv[-1] for c in children] == ["one", "two"]
@@ -314,13 +325,13 @@ def test_a_batch_started_without_waiting_runs_while_the_round_writes_and_hands_o
     assert loop.state["last_error"] == ""
 
 
-def test_a_round_that_ends_with_git_still_running_kills_it_and_ignores_its_late_answer(tmp_path):
+def test_a_round_that_ends_with_git_still_running_kills_it_and_ignores_its_late_answer(round_host):
     def steps(trace):
         yield sync._GitBatch([(["diff-tree", "next"], lambda: None, 5)], wait=False)
         raise sync.SyncError("the projection failed")
         yield  # pragma: no cover
 
-    loop, trace = _round_host(tmp_path, steps)
+    loop, trace = round_host(steps)
     loop._advance(None)
     child = loop.daemon.loop.spawned[0]
     assert child.killed and loop.batch is None and loop.state["last_error"] == "the projection failed"

@@ -1483,9 +1483,8 @@ class SyncLoop:
         for child in list(self.children):  # git calls started without waiting, still running
             if not child.done:
                 child.kill()
-        store = getattr(self.daemon, "store", None)
-        if store is not None and store.holding:  # a merge that stopped half-way: what it applied stays
-            store.commit_deferred()
+        if self.daemon.store.holding:  # a merge that stopped half-way: what it applied stays
+            self.daemon.store.commit_deferred()
         if locked:
             self._unlock()
         self.active = False
