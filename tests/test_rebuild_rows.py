@@ -56,6 +56,8 @@ def _write_log(root) -> None:
                                           body={"content": {"not": "text"}}))
             lines["bob"].append({"type": "message.read", "event_id": "evt_dict_reader", "agent_id": {"x": 1},
                                  "timestamp": ts, "message_ids": ["msg_alice_00001"]})
+            lines["bob"].append({"type": "message.read", "event_id": "evt_dict_read_at", "agent_id": "bob",
+                                 "timestamp": {"x": 1}, "message_ids": ["msg_alice_00002", "msg_alice_00005"]})
         if i == 400:
             lines["alice"].append({"type": "message.create", "event_id": "evt_no_id", "agent_id": "alice",
                                    "timestamp": ts, "body": {"content": "no message id"}})
@@ -101,7 +103,8 @@ def test_rows_made_by_the_reader_equal_the_appliers(tmp_path, monkeypatch, fork)
     assert len(messages) == 5000 and "msg_carol_00300" not in messages
     assert sum(1 for row in fast["message_scopes"] if row[0] == "msg_alice_00003") == 0  # i=3: no scopes
     assert not any(row[2] == "other" for row in fast["message_scopes"])
-    assert {row[0] for row in fast["bad_lines"]} == {"event evt_dict_body", "event evt_dict_reader"}
+    assert {row[0] for row in fast["bad_lines"]} == {"event evt_dict_body", "event evt_dict_reader",
+                                                   "event evt_dict_read_at"}
     assert len(fast["message_reads"]) == 2503  # repeated and non-text ids dropped, markers of later messages kept
     assert len(fast["message_edits"]) == len(range(0, 2500, 11))
     assert fast["counters"] == [("live_messages", 5000 - len(range(0, 2500, 13)))]
