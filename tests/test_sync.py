@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FACTOR, Thrum, extract_fixture, git, make_repo, wait_for
+from conftest import FACTOR, Thrum, extract_fixture, git, make_repo, pid_alive, wait_for
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -641,3 +642,36 @@ def test_remote_events_that_cannot_be_projected_stop_nothing(tmp_path, clones, r
     assert "msg_01KPOISON0000000000000003" in message_ids(a)
     force(a)
     assert (a.sync_dir / "events.jsonl").read_bytes().count(poison) == 1
+
+
+def test_git_left_running_by_a_killed_daemon_is_stopped_by_the_next(tmp_path, clones, sync_env):
+    """A daemon killed with SIGKILL cannot stop its git children (a fetch or push of a large repository runs
+    for minutes); the next daemon stops the ones still running before it starts anything."""
+    hang = tmp_path / "hang-fetch"
+    pid_file = tmp_path / "fetch.pid"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_git = shutil.which("git", path=sync_env.get("PATH"))
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f"""#!/bin/sh
+# A fetch that hangs while {hang} exists (a slow remote); anything else is the real git.
+for a in "$@"; do
+    if [ "$a" = fetch ] && [ -e "{hang}" ]; then echo $$ > "{pid_file}"; exec sleep 300; fi
+done
+exec "{real_git}" "$@"
+""")
+    wrapper.chmod(0o755)
+    env = dict(sync_env, PATH=f"{bin_dir}{os.pathsep}{sync_env.get('PATH', os.defpath)}")
+    a = clones.clone("a", env=env)
+    a.quickstart("alice")
+    hang.touch()
+    a.call("sync.force")  # without wait: the round is under way when the call returns
+    fetch_pid = wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the fetch to hang")
+    fetch_pid = int(fetch_pid)
+    assert pid_alive(fetch_pid)
+    a.kill()
+    assert pid_alive(fetch_pid)  # the killed daemon's child runs on
+    hang.unlink()
+    a.start()
+    wait_for(lambda: not pid_alive(fetch_pid), what="the next daemon to stop the left-over fetch")
+    assert force(a)["ok"]  # and syncs as before

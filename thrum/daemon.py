@@ -1,10 +1,12 @@
 """The daemon: one selectors loop, its Unix-socket server, and its lifecycle.
 
-The loop serves every connection, timer and child process of the daemon; nothing
-else runs threads. Each turn it reads what is ready, runs every complete request
-as one batch (group commit: one fsync for all the writes of the turn, see
-store.py), then answers. Slow work (git) runs in child processes whose pipes the
-loop watches, so it never blocks a request.
+The loop serves every connection, timer and child process of the daemon; the only
+thread besides it checkpoints a large WAL (store.py). Each turn it reads what is
+ready, runs every complete request as one batch (group commit: one fsync for all
+the writes of the turn, see store.py), then answers. Slow work (git) runs in child
+processes whose pipes the loop watches, so it never blocks a request; each runs in
+a process group of its own, on record in `var/children`, so the daemon that starts
+after one was killed stops what it left running (children.py).
 
 Lifecycle: the flock on `var/thrum.lock` is taken before anything else and held
 for the daemon's life (the file is never unlinked, so two starts can never both
@@ -32,6 +34,7 @@ import time
 import traceback
 
 from thrum import __version__
+from thrum.children import ChildLedger
 from thrum.components import (  # re-exported: make_store and the rest used to live here
     COMPONENT_MODULES, LOCK_NAME, make_store, origin_daemon_id, component_factories as _component_factories)
 from thrum.events import now_timestamp
@@ -45,6 +48,7 @@ __all__ = ["Loop", "Daemon", "run_daemon", "LOCK_NAME", "PID_NAME", "SOCKET_NAME
 log = logging.getLogger("thrum.daemon")
 
 PID_NAME, SOCKET_NAME, LOG_NAME = "thrum.pid", "thrum.sock", "daemon.log"
+CHILDREN_NAME = "children"  # var/children: see children.py
 MAX_BATCH = 1000               # requests run per loop turn, so one flood cannot starve timers
 COMMIT_DELAY = 0.005           # seconds a projection COMMIT of send-only batches may wait (Daemon._run_batch)
 MAX_OUTBUF = 16 * 1024 * 1024  # a reader this far behind is cut off rather than grow memory
@@ -68,6 +72,7 @@ class Loop:
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
         self.after_turn = []  # callables run after each turn's ready handlers (batch commit)
+        self.ledger = None  # a children.ChildLedger: the daemon's record of the children running
 
     # scheduling
 
@@ -179,6 +184,8 @@ class _Child:
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin_data is not None
                                      else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      close_fds=True, start_new_session=True)
+        if loop.ledger is not None:
+            loop.ledger.started(self.proc.pid)
         self._stdin = None
         self._source = None
         if stdin_data is not None:
@@ -256,6 +263,8 @@ class _Child:
         if self.done:
             return
         self.done = True
+        if self.loop.ledger is not None:
+            self.loop.ledger.ended(self.proc.pid)
         self._close_stdin()
         Loop.cancel(self.timer)
         self.on_done(code, bytes(self.out), bytes(self.err))
@@ -508,6 +517,8 @@ class Daemon:
 
     def start(self) -> None:
         self.acquire_lock()
+        self.loop.ledger = ChildLedger(self.paths.var_file(CHILDREN_NAME))
+        self.loop.ledger.stop_leftovers()  # git a killed daemon left running (we hold the lock: ours to stop)
         self.write_pid_file()
         self.open_store()
         for component in self.components:
