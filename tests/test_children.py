@@ -41,3 +41,20 @@ def test_only_recorded_children_with_their_start_time_are_stopped(tmp_path):
 
 def test_no_record_is_nothing_to_stop(tmp_path):
     assert ChildLedger(str(tmp_path / "children")).stop_leftovers() == 0
+
+
+def test_a_clean_exit_stops_what_is_still_running_and_clears_the_record(tmp_path):
+    path = str(tmp_path / "children")
+    running, reaped = _sleeper(), _sleeper()
+    try:
+        ledger = ChildLedger(path)
+        ledger.started(running.pid)
+        ledger.started(reaped.pid)
+        reaped.kill()
+        reaped.wait()  # gone, and its pid free for anyone
+        assert ledger.stop_running() == 1
+        wait_for(lambda: running.poll() is not None, what="the running child to be killed")
+        assert open(path).read() == "" and not ledger.running
+    finally:
+        running.kill()
+        running.wait()

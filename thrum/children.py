@@ -64,13 +64,26 @@ class ChildLedger:
         except OSError as exc:
             log.warning("cannot read %s: %s", self.path, exc)
             return 0
-        stopped = 0
+        recorded = []
         for line in lines:
             try:
                 pid_text, start = line.split()
-                pid = int(pid_text)
+                recorded.append((int(pid_text), start))
             except ValueError:
                 continue  # a line torn by the crash
+        stopped = self._stop(recorded)
+        if stopped:
+            log.warning("stopped %d child process group(s) left running by a daemon that did not exit cleanly",
+                        stopped)
+        return stopped
+
+    def stop_running(self) -> int:
+        """At a clean exit: kill what is still running (the components stopped theirs) and clear the record."""
+        return self._stop(list(self.running.items())) if self.enabled else 0
+
+    def _stop(self, recorded: list[tuple[int, str]]) -> int:
+        stopped = 0
+        for pid, start in recorded:
             now = _start_time(pid)
             # No process with that pid: its group may live on (git's own children), and Linux gives
             # no new process an id that is still some group's. Another start time: the pid was reused.
@@ -81,9 +94,7 @@ class ChildLedger:
                 stopped += 1
             except (ProcessLookupError, PermissionError):
                 pass
-        if stopped:
-            log.warning("stopped %d child process group(s) left running by a daemon that did not exit cleanly",
-                        stopped)
+        self.running.clear()
         self._write()
         return stopped
 

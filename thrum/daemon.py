@@ -566,6 +566,8 @@ class Daemon:
                 os.unlink(self.paths.var_file(PID_NAME))
             except FileNotFoundError:
                 pass
+        if self.loop.ledger is not None:
+            self.loop.ledger.stop_running()  # what no component stopped, and an empty record for the next start
         self.loop.close()
         if self.lock_fd is not None:
             os.close(self.lock_fd)  # releases the flock; the file itself stays
