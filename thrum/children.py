@@ -101,7 +101,8 @@ class ChildLedger:
     def _write(self) -> None:
         # Not synced: after a power loss no child is running either.
         try:
-            with open(self.path, "w") as f:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with open(fd, "w") as f:  # private, like everything in var/
                 f.write("".join(f"{pid} {start}\n" for pid, start in self.running.items()))
         except OSError as exc:
             log.debug("cannot write %s: %s", self.path, exc)
