@@ -510,11 +510,25 @@ def test_ten_thousand_messages_are_paged_not_rendered(fixture_daemon, browser):
         u.wait("document.querySelectorAll('#view .msg').length === 100", what="a second page")
         # scrolling to the end loads more by itself, and the window never grows past its cap
         shown = "document.querySelectorAll('#view .msg').length"
+        idle = "document.querySelector('.message-list').getAttribute('aria-busy') === 'false'"
+
+        def scroll_away_and_back_to_the_end() -> None:
+            # As a reader does: the end leaves the view and comes back, a rendered frame apart (the
+            # observer only sees states that were rendered, and ignores the end while a page loads).
+            u.wait(idle, what="the list to be idle")
+            u.js("document.querySelector('#view .msg').scrollIntoView(); window.__framed = false; "
+                 "requestAnimationFrame(() => requestAnimationFrame(() => { window.__framed = true; }))")
+            u.wait("window.__framed", what="a rendered frame")
+            u.js("document.querySelector('.sentinel').scrollIntoView()")
+
         for _ in range(15):
             n = u.js(shown)
-            u.js("document.querySelector('.sentinel').scrollIntoView()")
-            if n < 600:  # the observer loads on a later frame; at the cap a load keeps the count (it drops the newest)
-                u.wait(f"{shown} > {n}", what="the next page, loaded by scrolling to the end")
+            if n >= 600:
+                break
+            scroll_away_and_back_to_the_end()
+            u.wait(f"{shown} > {n}", what="the next page, loaded by scrolling to the end")
+        scroll_away_and_back_to_the_end()  # once more at the cap: a page loads, the newest are dropped
+        u.wait(f"{idle} && {shown} === 600", what="the window to stay at its cap")
         count = u.js(shown)
         assert count == 600, count
         # the agents panel and an agent's inbox counts come from the daemon, not from rendering
