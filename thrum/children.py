@@ -16,20 +16,17 @@ import logging
 import os
 import signal
 
+from thrum.proc import stat_fields
+
 __all__ = ["ChildLedger"]
 
 log = logging.getLogger("thrum.daemon")
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()  # the name in parentheses may hold spaces
-    return fields[19].decode() if len(fields) > 19 else None
+    """The process's start time (a zombie's too: its group may live on), or None."""
+    fields = stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 class ChildLedger:

@@ -38,6 +38,7 @@ from thrum.children import ChildLedger
 from thrum.components import (  # re-exported: make_store and the rest used to live here
     COMPONENT_MODULES, LOCK_NAME, make_store, origin_daemon_id, component_factories as _component_factories)
 from thrum.events import now_timestamp
+from thrum.proc import stat_fields
 from thrum.rpc import (
     Deferred, InternalError, InvalidParams, LineFramer, Oversized, Params, StorageError, ThrumError, TooLarge,
     decode_request, encode_error, encode_notification, encode_response, request_id_of, MAX_LINE,
@@ -1061,13 +1062,5 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc: the signal check is all we know
-    try:  # a zombie (no parent reaps it in some containers) has exited too
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+    fields = stat_fields(pid)
+    return not fields or fields[0] != "Z"  # no /proc: the signal check is all we know

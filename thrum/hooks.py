@@ -30,6 +30,8 @@ import json
 import os
 import sys
 
+from thrum.proc import stat_fields
+
 __all__ = ["main", "RUNTIMES", "EVENTS", "render_messages", "CONTINUATION_CAP"]
 
 RUNTIMES = ("claude-code", "codex", "gemini", "cursor")
@@ -678,25 +680,15 @@ class _Ancestors:
         return bool(self.chain) and all(_start_time(pid) == start for pid, start in self.chain)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    # The command name is in parentheses and may hold spaces: split after the last ')'.
-    return raw[raw.rfind(")") + 2:].split()
-
-
 def _start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if not fields or fields[0] == "Z":
         return None
     return fields[19]
 
 
 def _parent_of(pid: int) -> int:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[1]) if fields else 0
 
 
