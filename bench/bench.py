@@ -62,6 +62,9 @@ def agent_name(i: int) -> str:
 
 # -- rows -----------------------------------------------------------------------------
 
+REBUILD_EVENTS_PER_S = 50_000
+
+
 class Row:
     """One line of the result table: a target, a measurement and its verdict."""
 
@@ -124,7 +127,8 @@ def make_rows() -> list[Row]:
         Row("list_all", "list", "message.list page 100, no filter, median round trip", "ms", "<=", 3),
         Row("daemon_ready", "startup", "daemon spawn → health answers (projection present), median", "s",
             "<=", 1),
-        Row("rebuild", "rebuild", "`thrum migrate --rebuild` of the whole log, wall, median", "s", "<=", 3),
+        Row("rebuild", "rebuild", "`thrum migrate --rebuild` of the whole log, wall, median (the target is "
+            "3 s, or a second per 50,000 events when that is more)", "s", "<=", 3),
         Row("rss_rebuild", "rebuild",
             "daemon VmHWM after a start without a projection (it rebuilds first, then indexes for search)", "MiB",
             "<=", 60),
@@ -541,8 +545,12 @@ class Bench:
             walls.append(time.perf_counter() - t0)
             data = json.loads(proc.stdout)
             inner.append(data["seconds"])
-        row.set(median(walls), f"in-process make_store+rebuild {median(inner):.2f}s; {data['events']} events, "
-                                f"{data['messages']} messages; runs {len(walls)}")
+        # DESIGN §4: 10K events in <= 3 s, and >= 50,000 events/s at scale (25 s for 1.25M events).
+        row.target = max(3.0, data["events"] / REBUILD_EVENTS_PER_S)
+        row.set(median(walls), f"{data['events'] / median(walls):,.0f} events/s (target >= "
+                               f"{REBUILD_EVENTS_PER_S:,}/s at scale); in-process make_store+rebuild "
+                               f"{median(inner):.2f}s; {data['events']} events, {data['messages']} messages; "
+                               f"runs {len(walls)}")
         if self.row_wanted("rss_rebuild"):
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(os.path.join(self.var, "messages.db" + suffix)):

@@ -62,7 +62,7 @@ class Delivery:
     # component protocol
 
     def extend_store(self, store) -> None:
-        store.extend(SCHEMA, {"message.delivered": lambda e, ns: _apply_delivered(store.projection.db, e)})
+        store.extend(SCHEMA, {"message.delivered": lambda e, ns: _apply_delivered(store.projection, e)})
 
     def start(self, daemon) -> None:
         self.daemon = daemon
@@ -444,12 +444,16 @@ def _within_budget(candidates: list[dict], budget: int) -> tuple[list[tuple[dict
     return chosen, []
 
 
-def _apply_delivered(db, e: dict) -> None:
+_INSERT_DELIVERY = ("INSERT OR IGNORE INTO message_deliveries(agent_id, message_id, delivered_at, via)"
+                    " VALUES (?,?,?,?)")
+
+
+def _apply_delivered(projection, e: dict) -> None:
     agent_id, ids = e.get("agent_id"), e.get("message_ids")
     if agent_id and isinstance(ids, list):
-        db.executemany("INSERT OR IGNORE INTO message_deliveries(agent_id, message_id, delivered_at, via)"
-                       " VALUES (?,?,?,?)",
-                       [(agent_id, m, e.get("timestamp", ""), e.get("via") or "") for m in ids if isinstance(m, str)])
+        at, via = e.get("timestamp", ""), e.get("via") or ""
+        # (a rebuild or a merge inserts a chunk's receipts in one call: a million of them at 1M)
+        projection.add_rows(_INSERT_DELIVERY, [(agent_id, m, at, via) for m in ids if isinstance(m, str)])
 
 
 def make_component(paths):

@@ -545,8 +545,10 @@ CREATE TABLE unread_ready (agent_id TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOU
 # message_audience per key it is addressed by (`@name` mention, `#group`, `*` broadcast) and per
 # scope (`~type:value`); the counters let unread and total counts skip the messages themselves.
 # A covering index, dropped at the end, spares the joins the wide message rows (at 1,000,000
-# messages they are 1.5 GB of content); counts are upserts into their small tables rather than
-# a GROUP BY that would sort millions of read markers. The audience index is inserted in key
+# messages they are 1.5 GB of content); per-reader counts are upserts into their small tables rather
+# than a GROUP BY that would sort millions of read markers. Per-scope reads are counted without
+# looking each message up (then the reads of the few deleted messages are taken off): 1.7 -> 1.3 s
+# at 1M. The audience index is inserted in key
 # order: its pages come out full and in sequence, which inbox pages read (unordered, 20% faster
 # to build, but an inbox page at 1M took 4.4 ms instead of 2.4).
 _DERIVE_SQL = """
@@ -567,11 +569,14 @@ INSERT INTO reader_counts SELECT r.agent_id, m.keyset, m.agent_id = r.agent_id, 
     FROM messages m INDEXED BY rebuild_messages_cover CROSS JOIN message_reads r ON r.message_id = m.message_id
     WHERE m.deleted = 0 ON CONFLICT(agent_id, keyset_id, own) DO UPDATE SET n = n + 1;
 INSERT INTO scope_counts SELECT key, COUNT(*) FROM message_audience WHERE key > '~' AND key < '~~' GROUP BY 1;
-INSERT INTO scope_reads SELECT r.agent_id, '~' || s.type || ':' || s.value, 1
-    FROM message_scopes s CROSS JOIN messages m INDEXED BY rebuild_messages_cover
-        ON m.message_id = s.message_id AND m.deleted = 0
-    CROSS JOIN message_reads r ON r.message_id = s.message_id
-    WHERE s.type != 'group' ON CONFLICT(agent_id, key) DO UPDATE SET n = n + 1;
+INSERT INTO scope_reads SELECT r.agent_id, '~' || s.type || ':' || s.value, COUNT(*)
+    FROM message_scopes s CROSS JOIN message_reads r ON r.message_id = s.message_id
+    WHERE s.type != 'group' GROUP BY s.type, s.value, r.agent_id;
+INSERT INTO scope_reads SELECT r.agent_id, '~' || s.type || ':' || s.value, -COUNT(*)
+    FROM messages m INDEXED BY rebuild_messages_cover CROSS JOIN message_scopes s ON s.message_id = m.message_id
+    CROSS JOIN message_reads r ON r.message_id = m.message_id
+    WHERE m.deleted = 1 AND s.type != 'group' GROUP BY 1, 2 ON CONFLICT(agent_id, key) DO UPDATE SET n = n + excluded.n;
+DELETE FROM scope_reads WHERE n = 0;
 INSERT INTO counters SELECT 'live_messages', COUNT(*) FROM messages INDEXED BY rebuild_messages_cover WHERE deleted = 0;
 DROP INDEX rebuild_messages_cover;
 """
@@ -970,8 +975,10 @@ class Projection:
         self.db.execute("RELEASE ids")
         return False
 
-    def _rows(self, sql: str, rows: list) -> None:
-        """executemany, deferred to the end of the chunk in bulk mode (one call instead of one per event)."""
+    def add_rows(self, sql: str, rows: list) -> None:
+        """executemany of an insert, deferred to the end of the chunk in bulk mode (one call instead of
+        one per event). For rows nothing else in the chunk reads, e.g. an extra applier's
+        INSERT OR IGNORE."""
         if self.bulk:
             self._pending_rows.setdefault(sql, []).extend(rows)
         else:
@@ -1091,9 +1098,9 @@ class Projection:
         if cur.rowcount == 0:
             return
         if scope_rows:
-            self._rows(_INSERT_SCOPE, scope_rows)
+            self.add_rows(_INSERT_SCOPE, scope_rows)
         if ref_rows:
-            self._rows(_INSERT_REF, ref_rows)
+            self.add_rows(_INSERT_REF, ref_rows)
         if self.bulk:
             return
         seq, mid, author = cur.lastrowid, row[0], row[3]
@@ -1222,7 +1229,7 @@ class Projection:
             return
         agent_id = rows[0][0]
         if self.bulk:
-            self._rows(_INSERT_READ, rows)
+            self.add_rows(_INSERT_READ, rows)
             return
         for row in rows:
             if self.db.execute(_INSERT_READ, row).rowcount == 0:
@@ -1577,7 +1584,34 @@ class Store:
         if progress:
             progress("reading the log (KiB)", -(-total_bytes // 1024), -(-total_bytes // 1024))
         conn.execute("COMMIT")
+        # Nothing reads the old database: removing it now (freeing a 2 GB file takes 0.7 s) overlaps
+        # the indexing instead of delaying the swap. A rebuild that fails from here on leaves no
+        # projection, which the next start rebuilds, as after a crash.
+        remover = threading.Thread(target=_remove_all, args=[self.db_path + x for x in ("", "-wal", "-shm")],
+                                   name="thrum-old-projection", daemon=True)
+        remover.start()
+        try:
+            self._derive(conn, later, progress)
+        finally:
+            remover.join(timeout=120)
+        os.replace(tmp, self.db_path)
+        _remove(self._suspect_marker())
+        for suffix in ("-wal", "-shm"):
+            _remove(tmp + suffix)
+        self._attach(connect(self.db_path))
+        return total
+
+    def _derive(self, conn: sqlite3.Connection, later: list, progress) -> None:
+        """A rebuild's second part: the indexes and triggers (`later`) and the derived tables, then
+        WAL mode; closes `conn`."""
         conn.execute("PRAGMA journal_mode=OFF")
+        # What follows is mostly sorting (CREATE INDEX, ORDER BY), on one core while the reader
+        # process has ended: SQLite's sorter may sort in helper threads, each in up to a page
+        # cache's worth of memory, so the cache shrinks as they start. At 1M: 12.1 -> 10.8 s,
+        # the peak RSS 56 -> 53 MiB (two threads with the load's 8 MiB cache: 89 MiB).
+        if (os.cpu_count() or 1) > 1:
+            conn.execute("PRAGMA threads=2")
+            conn.execute("PRAGMA cache_size=-2048")
         conn.execute("BEGIN")
         steps = later + _split_statements(_DERIVE_SQL)
         for derive in self._extra_derive:
@@ -1592,14 +1626,6 @@ class Store:
         conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
-        for suffix in ("-wal", "-shm"):
-            _remove(self.db_path + suffix)
-        os.replace(tmp, self.db_path)
-        _remove(self._suspect_marker())
-        for suffix in ("-wal", "-shm"):
-            _remove(tmp + suffix)
-        self._attach(connect(self.db_path))
-        return total
 
     def catch_up(self) -> int:
         """Apply log lines past the recorded offsets (after a crash, or lines added by another process)."""
@@ -1936,15 +1962,17 @@ class Store:
 
     # health
 
-    def stats(self) -> dict:
+    def stats(self, count_events: bool = True) -> dict:
+        """Counts for reports; `count_events=False` leaves out the events (a caller that knows them)."""
         q = self.db.execute
-        return {
-            # (migrate and backup only: counting a million ledger rows is not for an everyday path)
-            "events": q("SELECT COUNT(*) FROM applied").fetchone()[0],
+        out = {
             "messages": q("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()[0],  # rows are never removed
             "agents": q("SELECT COUNT(*) FROM agents").fetchone()[0],
             "bad_lines": q("SELECT COUNT(*) FROM bad_lines").fetchone()[0],
         }
+        if count_events:  # (migrate and backup only: counting a million ledger rows is not for an everyday path)
+            out["events"] = q("SELECT COUNT(*) FROM applied").fetchone()[0]
+        return out
 
 
 def _checkpoint(db_path: str) -> None:
@@ -1957,6 +1985,11 @@ def _checkpoint(db_path: str) -> None:
             conn.close()
     except sqlite3.Error as exc:
         log.warning("WAL checkpoint failed: %s", exc)
+
+
+def _remove_all(*paths: str) -> None:
+    for path in paths:
+        _remove(path)
 
 
 def _remove(path: str) -> None:
