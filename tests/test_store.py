@@ -338,6 +338,45 @@ def test_recovery_after_power_loss_keeps_other_writers_lines(tmp_path):
     again.close()
 
 
+def test_a_rebuild_that_fails_while_indexing_leaves_no_projection_and_the_next_open_rebuilds(tmp_path):
+    """The old database goes while the new one is indexed (nothing reads it then): a failure there must not
+    leave the old one half-removed or a half-built one in its place, and the next open rebuilds it all."""
+    from thrum.store import Store
+
+    var = tmp_path / "var"
+    var.mkdir()
+    db = var / "messages.db"
+
+    def make(fail: bool) -> Store:
+        store = Store(str(tmp_path / "sync"), str(db), str(var), "d_test")
+
+        def derive(conn):
+            if fail:
+                raise RuntimeError("disk full")
+        store.extend("", {}, derive=derive)
+        return store
+    store = make(False)
+    store.open()
+    for i in range(5):
+        store.append("message.create", {"message_id": f"msg_{i}", "agent_id": "alice",
+                                        "body": {"format": "markdown", "content": f"m{i}"}})
+    store.commit()
+    store.close()
+
+    broken = make(True)
+    with pytest.raises(RuntimeError, match="disk full"):
+        broken.rebuild()
+    assert not db.exists() and not (var / "messages.db-wal").exists()
+    assert (var / "messages.db.rebuild").exists()  # the next rebuild starts it again
+    broken.log.close()
+
+    again = make(False)
+    again.open()
+    assert again.stats()["messages"] == 5
+    assert not (var / "messages.db.rebuild").exists()
+    again.close()
+
+
 def test_a_large_database_is_checked_in_full_only_after_a_request_met_damage(tmp_path, monkeypatch):
     """Above 64 MiB a start checks the size and the small tables only (a full check costs seconds at 1M);
     a database error in a request (`distrust`) makes the next start check everything and rebuild."""

@@ -1586,8 +1586,10 @@ class Store:
         conn.execute("COMMIT")
         # Nothing reads the old database: removing it now (freeing a 2 GB file takes 0.7 s) overlaps
         # the indexing instead of delaying the swap. A rebuild that fails from here on leaves no
-        # projection, which the next start rebuilds, as after a crash.
-        remover = threading.Thread(target=_remove_all, args=[self.db_path + x for x in ("", "-wal", "-shm")],
+        # projection, which the next start rebuilds, as after a crash. The main file goes last: its
+        # name is gone as soon as its removal starts, so the swap below is safe even if that outlasts
+        # the join's bound.
+        remover = threading.Thread(target=_remove_all, args=[self.db_path + x for x in ("-wal", "-shm", "")],
                                    name="thrum-old-projection", daemon=True)
         remover.start()
         try:
