@@ -65,6 +65,13 @@ def agent_name(i: int) -> str:
 REBUILD_EVENTS_PER_S = 50_000
 
 
+def _remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 class Row:
     """One line of the result table: a target, a measurement and its verdict."""
 
@@ -915,13 +922,35 @@ class Bench:
                 row.mark("not available", "the daemon has no sync.* methods yet")
                 return
             raise
-        # Make the repo sync with a bare remote (not local-only), then restart the daemon.
+        has_origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=self.repo, env=self.env or None,
+                                    capture_output=True, timeout=60).returncode == 0
+        if has_origin:  # (the row pushes to the remote it sets up: never to one of a --repo's own)
+            row.mark("skipped", "the repository has an `origin` remote; this row runs only without one")
+            return
+        # Make the repo sync with a bare remote (not local-only), then restart the daemon. A --repo
+        # gets its settings back afterwards, so that a later run on it starts as this one did.
         self.stop_daemon()
         cfg_path = os.path.join(self.repo, ".thrum", "config.json")
         try:
             with open(cfg_path) as f:
-                cfg = json.load(f)
-        except (OSError, ValueError):
+                cfg_text = f.read()
+        except OSError:
+            cfg_text = None
+        try:
+            self._sync_10k(row, cfg_path, cfg_text)
+        finally:
+            subprocess.run(["git", "remote", "remove", "origin"], cwd=self.repo, env=self.env or None,
+                           capture_output=True, timeout=60)
+            if cfg_text is None:
+                _remove_file(cfg_path)
+            else:
+                with open(cfg_path, "w") as f:
+                    f.write(cfg_text)
+
+    def _sync_10k(self, row: Row, cfg_path: str, cfg_text: str | None) -> None:
+        try:
+            cfg = json.loads(cfg_text) if cfg_text else {}
+        except ValueError:
             cfg = {}
         cfg["local_only"] = False
         cfg.setdefault("daemon", {})["local_only"] = False
