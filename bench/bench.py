@@ -366,9 +366,12 @@ class Bench:
                     "    sys.exit(main())\n")
         os.chmod(self.launcher, 0o755)
 
-    def git(self, *args: str, cwd: str | None = None) -> str:
+    def git(self, *args: str, cwd: str | None = None, check: bool = True) -> str | None:
+        """git's output; with check=False, None when it fails."""
         proc = subprocess.run(["git", *args], cwd=cwd or self.repo, env=self.env or None, capture_output=True,
                               text=True, timeout=120)
+        if proc.returncode != 0 and not check:
+            return None
         if proc.returncode != 0:
             raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout.strip()
@@ -922,9 +925,7 @@ class Bench:
                 row.mark("not available", "the daemon has no sync.* methods yet")
                 return
             raise
-        has_origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=self.repo, env=self.env or None,
-                                    capture_output=True, timeout=60).returncode == 0
-        if has_origin:  # (the row pushes to the remote it sets up: never to one of a --repo's own)
+        if self.git("remote", "get-url", "origin", check=False) is not None:  # (the row pushes to the remote it sets up: never to one of a --repo's own)
             row.mark("skipped", "the repository has an `origin` remote; this row runs only without one")
             return
         # Make the repo sync with a bare remote (not local-only), then restart the daemon. A --repo
@@ -939,8 +940,7 @@ class Bench:
         try:
             self._sync_10k(row, cfg_path, cfg_text)
         finally:
-            subprocess.run(["git", "remote", "remove", "origin"], cwd=self.repo, env=self.env or None,
-                           capture_output=True, timeout=60)
+            self.git("remote", "remove", "origin", check=False)
             if cfg_text is None:
                 _remove_file(cfg_path)
             else:

@@ -200,7 +200,7 @@ def run(paths, *, rebuild_only: bool = False, progress=None) -> dict:
             result.update(import_all(paths, info.sync_dir))
         started = time.monotonic()
         events = store.rebuild(progress=progress)
-        stats = store.stats(count_events=False)  # the rebuild counted them (0.4 s more at 1M)
+        stats = store.stats()
         from thrum.search import pending_count
 
         not_indexed = pending_count(store.db)  # a large rebuild leaves the search index to the daemon
