@@ -406,6 +406,7 @@ def test_a_merge_of_thousands_of_events_equals_a_rebuild(tmp_path, clones, sync_
     log = (a.var / "daemon.log").read_text()
     assert "set-based" in log, "the merge did not take the set-based path"
     assert "applying them one at a time" not in log, "a set-based chunk failed and fell back"
+    assert "failed at once" not in log, "a merged chunk failed and was applied again event by event"
 
     # The kept unread indexes are what building them afresh gives, and the pages agree.
     for agent in INDEXED:
@@ -489,16 +490,51 @@ def test_a_failed_chunk_rolls_back_to_the_logged_lines_of_the_chunks_before_it(t
     store.append_foreign_lines("messages/peer.jsonl", _foreign(300, 300))
     store.hold_merged()
 
-    def broken_once(pairs):
-        monkeypatch.undo()
-        raise sqlite3.OperationalError("disk I/O error")
-    monkeypatch.setattr(store.projection, "apply_all", broken_once)
+    apply_all = store.projection.apply_all
+    tries = []
+
+    def broken_for_the_third_chunk(pairs, **kw):  # at once, and again event by event
+        if any((p[0] if isinstance(p, tuple) else p)["event_id"] == "evt_peer_00600" for p in pairs):
+            tries.append(kw)
+            raise sqlite3.OperationalError("disk I/O error")
+        return apply_all(pairs, **kw)
+    monkeypatch.setattr(store.projection, "apply_all", broken_for_the_third_chunk)
     with pytest.raises(sqlite3.OperationalError):
         store.append_foreign_lines("messages/peer.jsonl", _foreign(600, 300))
+    assert tries == [{"savepoint": False}, {}]
     store.rollback()  # what the daemon does when a chunk fails (Daemon.run_write)
     # The two durable chunks were applied again from the log; the failed one is in neither.
     assert not store.holding and _committed_messages(db_path) == 600
     assert len(store.known_event_ids([f"evt_peer_{i:05d}" for i in range(900)])) == 600
     log = (tmp_path / "sync" / "messages" / "peer.jsonl").read_bytes()
     assert log == b"".join(_foreign(0, 600))
+    store.close()
+
+
+def test_a_bad_event_in_a_held_chunk_is_skipped_and_the_chunks_before_it_stay(tmp_path):
+    """A merge's chunk goes in without a savepoint; when one of its events cannot be applied, the open
+    transaction is rolled back, the chunks before it come again from the log, and the chunk goes
+    again event by event: the bad event is recorded and skipped, every other one applied."""
+    from thrum.events import encode_line
+
+    store, db_path = _held_store(tmp_path)
+    store.append_foreign_lines("messages/peer.jsonl", _foreign(0, 300))
+    store.hold_merged()
+    store.append_foreign_lines("messages/peer.jsonl", _foreign(300, 300))
+    store.hold_merged()
+    bad = {"type": "message.create", "v": 1, "event_id": "evt_peer_bad", "timestamp": format_ns(T0 + 650 * 10**6),
+           "message_id": "msg_peer_bad", "agent_id": "peer", "body": {"format": "markdown", "content": "bad"},
+           "scopes": [{"type": "module", "value": {"not": "text"}}]}  # cannot be bound: the applier raises
+    third = _foreign(600, 300)
+    third.insert(50, encode_line(bad))
+    new = store.append_foreign_lines("messages/peer.jsonl", third)
+    assert len(new) == 301  # new to the projection (the bad one is recorded as applied, and skipped)
+    store.hold_merged()
+    assert store.holding
+    store.commit_deferred()
+    assert _committed_messages(db_path) == 900
+    assert len(store.known_event_ids([f"evt_peer_{i:05d}" for i in range(900)] + ["evt_peer_bad"])) == 901
+    assert store.db.execute("SELECT COUNT(*) FROM bad_lines").fetchone()[0] == 1
+    log = (tmp_path / "sync" / "messages" / "peer.jsonl").read_bytes()
+    assert log == b"".join(_foreign(0, 600) + third)
     store.close()
