@@ -803,7 +803,7 @@ class Projection:
         Without `savepoint` the batch takes none, and an exception leaves its
         partial writes in the open transaction, for the caller to roll back whole
         (Store.append_foreign_lines). A savepoint held over a large merge copies every page it
-        touches into a statement journal, chunk after chunk: a fifth of the merge's time.
+        touches into a statement journal, chunk after chunk: a quarter of a large merge's projection.
         """
         pairs = events if not events or isinstance(events[0], tuple) else [(e, None) for e in events]
         if not savepoint:
