@@ -329,6 +329,7 @@ def run(args) -> dict:
     report: dict = {"repo": args.repo, "kills": args.kills, "fuzz": args.fuzz}
     main = Side("main", os.path.abspath(args.repo), env, tmp)
     partner = None
+    added_origin = False
     stop_path = os.path.join(tmp, "stop")
     children: list = []
     try:
@@ -339,8 +340,12 @@ def run(args) -> dict:
         if args.partner:
             remote = os.path.join(tmp, "remote.git")
             git(tmp, env, "init", "-q", "--bare", remote)
-            if "origin" not in git(main.repo, env, "remote").split():
-                git(main.repo, env, "remote", "add", "origin", remote)
+            if "origin" in git(main.repo, env, "remote").split():
+                url = git(main.repo, env, "remote", "get-url", "origin").strip()
+                raise RuntimeError(f"the repository has an origin of its own ({url}); the partner needs one of "
+                                   "the soak's: remove it (git remote remove origin) or pass --no-partner")
+            git(main.repo, env, "remote", "add", "origin", remote)
+            added_origin = True
             git(main.repo, env, "push", "-q", "origin", "HEAD:refs/heads/main")
             log("pushing a-sync to the partner's remote …")
             main.start()
@@ -447,6 +452,9 @@ def run(args) -> dict:
         for side in (main, partner):
             if side is not None:
                 side.kill()
+        if added_origin:  # the next run, or a benchmark, must not push to a remote that is gone
+            subprocess.run(["git", "remote", "remove", "origin"], cwd=main.repo, env=env, check=False,
+                           capture_output=True)
         if not args.keep:
             subprocess.run(["rm", "-rf", tmp], check=False)
 
