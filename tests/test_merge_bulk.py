@@ -432,7 +432,7 @@ def _held_store(tmp_path):
     from thrum.store import Store
 
     var = tmp_path / "var"
-    var.mkdir()
+    var.mkdir(exist_ok=True)
     store = Store(str(tmp_path / "sync"), str(var / "messages.db"), str(var), "d_test")
     store.open()
     return store, str(var / "messages.db")
@@ -537,4 +537,37 @@ def test_a_bad_event_in_a_held_chunk_is_skipped_and_the_chunks_before_it_stay(tm
     assert store.db.execute("SELECT COUNT(*) FROM bad_lines").fetchone()[0] == 1
     log = (tmp_path / "sync" / "messages" / "peer.jsonl").read_bytes()
     assert log == b"".join(_foreign(0, 600) + third)
+    store.close()
+
+
+def test_a_long_catch_up_goes_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """Lines past the recorded offsets (a merge cut short by a crash, another writer) are read and applied a
+    chunk at a time, so memory stays flat however far behind the projection is; a partial last line waits."""
+    store, db_path = _held_store(tmp_path)
+    store.append_foreign_lines("messages/peer.jsonl", _foreign(0, 10))
+    store.commit()
+    store.close()
+    lines = _foreign(10, 3000)
+    path = tmp_path / "sync" / "messages" / "peer.jsonl"
+    with open(path, "ab") as f:
+        f.write(b"".join(lines))
+    monkeypatch.setattr(store_mod, "CATCH_UP_BYTES", 40_000)
+    sizes = []
+    apply_all = Projection.apply_all
+    monkeypatch.setattr(Projection, "apply_all", lambda self, events, **kw: sizes.append(len(events))
+                        or apply_all(self, events, **kw))
+    store, _ = _held_store(tmp_path)  # opening catches up
+    assert sum(sizes) == 3000 and _committed_messages(db_path) == 3010
+    per_chunk = 40_000 // len(lines[0]) + 1
+    assert len(sizes) >= 3000 // per_chunk and max(sizes) <= per_chunk
+    # Another writer's line, half written: left for the next catch-up, which applies it once it is whole.
+    late = lines[0].replace(b"evt_peer_00010", b"evt_peer_late_").replace(b"msg_peer_00010", b"msg_peer_late_")
+    with open(path, "ab") as f:
+        f.write(late[:20])
+    assert store.catch_up() == 0
+    offset = store.db.execute("SELECT offset FROM log_files WHERE path = 'messages/peer.jsonl'").fetchone()[0]
+    assert offset == path.stat().st_size - 20
+    with open(path, "ab") as f:
+        f.write(late[20:])
+    assert store.catch_up() == 1 and _committed_messages(db_path) == 3011
     store.close()

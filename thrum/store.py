@@ -53,6 +53,7 @@ SCHEMA_VERSION = 3
 EVENTS_FILE = "events.jsonl"
 MESSAGES_DIR = "messages"
 _TAIL = 32  # bytes of a file's end remembered to notice a file replaced under us
+CATCH_UP_BYTES = 2 << 20  # log read and applied at a time by a catch-up (~2,500 events)
 # A WAL past this size (a large sync merge's single COMMIT writes ~200 MiB at a million messages) is
 # checkpointed by a thread on a connection of its own: copying it takes seconds, which the loop would
 # otherwise spend not serving. The WAL file is cut back to this size once it restarts.
@@ -1655,11 +1656,14 @@ class Store:
         conn.close()
 
     def catch_up(self) -> int:
-        """Apply log lines past the recorded offsets (after a crash, or lines added by another process)."""
+        """Apply log lines past the recorded offsets (after a crash, or lines added by another process).
+
+        Each file a CATCH_UP_BYTES chunk at a time, each chunk in (timestamp, event_id) order, as a sync
+        merge applies a peer's lines: memory stays flat however far behind the projection is (a merge of
+        100,000 events cut short by a crash leaves that many lines past the offsets)."""
         db = self.db
         known = {row[0]: (row[1], row[2]) for row in db.execute("SELECT path, offset, tail FROM log_files")}
-        pending: list[tuple[tuple[int, str], dict]] = []
-        ends: dict[str, tuple[int, bytes]] = {}
+        applied = 0
         db.execute("BEGIN IMMEDIATE")
         try:
             for rel in self.log.files():
@@ -1668,19 +1672,20 @@ class Store:
                 if offset > size or not self.log.tail_matches(rel, offset, tail):
                     log.warning("%s changed below its recorded offset; rescanning it", rel)
                     offset = 0
-                if offset == size:
-                    continue
-                lines, end = self.log.read_from(rel, offset)
-                for line, line_end in lines:
-                    event = self._parse(db, rel, line, line_end)
-                    if event is not None:
-                        pending.append((order_key(event), event))
-                if lines:
-                    ends[rel] = (end, lines[-1][0][-_TAIL:] + b"\n")
-            pending.sort(key=lambda item: item[0])
-            applied = len(self.projection.apply_all([event for _, event in pending]))
-            for rel, (end, tail) in ends.items():
-                db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)", (rel, end, tail[-_TAIL:]))
+                while offset < size:
+                    lines, end = self.log.read_from(rel, offset, CATCH_UP_BYTES)
+                    if not lines:
+                        break  # only a partial line (being appended): the next catch-up takes it
+                    pending = []
+                    for line, line_end in lines:
+                        event = self._parse(db, rel, line, line_end)
+                        if event is not None:
+                            pending.append((order_key(event), event))
+                    pending.sort(key=lambda item: item[0])
+                    applied += len(self.projection.apply_all([(event, key[0]) for key, event in pending]))
+                    db.execute("INSERT OR REPLACE INTO log_files VALUES (?,?,?)",
+                               (rel, end, (lines[-1][0][-_TAIL:] + b"\n")[-_TAIL:]))
+                    offset = end
             db.execute("COMMIT")
         except BaseException:
             self.projection.version += 1  # what this catch-up applied is undone
