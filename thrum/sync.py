@@ -786,13 +786,12 @@ class _Round:
         self.result["merged_remote"] = True
 
     def _line_in_local_file(self, rel: str, line: bytes) -> bool:
-        """Slow path, for unparseable lines only (they have no event_id to dedup by)."""
+        """Slow path, for unparseable lines only (they have no event_id to dedup by). A line at a time:
+        a shard of a long-lived repository is tens of MiB, which the daemon's heap would keep."""
         try:
-            with open(os.path.join(self.env.sync_dir, rel), "rb") as f:
-                data = f.read()
+            return any(ours == line for ours in _file_lines(os.path.join(self.env.sync_dir, rel)))
         except FileNotFoundError:
             return False
-        return data.startswith(line + b"\n") or (b"\n" + line + b"\n") in data
 
     # commit: a tree from the files we own, a commit, a compare-and-swap ref update
 
