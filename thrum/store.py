@@ -832,10 +832,7 @@ class Projection:
     def _apply_all_unguarded(self, pairs: list) -> list:
         try:
             if len(pairs) >= BULK_MIN:
-                ids = [e["event_id"] for e, _ in pairs]
-                added = self.db.executemany("INSERT OR IGNORE INTO applied(event_id) VALUES (?)",
-                                            [(eid,) for eid in ids]).rowcount
-                if added != len(ids) or len(set(ids)) != len(ids):
+                if not self._record_ids([e["event_id"] for e, _ in pairs]):
                     raise _OneByOne("a known or repeated event id in the batch")
                 self._apply_new(pairs)
                 return [e for e, _ in pairs]
@@ -992,14 +989,18 @@ class Projection:
     def _all_new_ids(self, ids: list) -> bool:
         """Record a bulk chunk's event ids in one statement; False (nothing recorded) if any was known."""
         self.db.execute("SAVEPOINT ids")
-        added = self.db.executemany("INSERT OR IGNORE INTO applied(event_id) VALUES (?)",
-                                    [(eid,) for eid in ids]).rowcount
-        if added == len(ids) and len(set(ids)) == len(ids):
+        if self._record_ids(ids):
             self.db.execute("RELEASE ids")
             return True
         self.db.execute("ROLLBACK TO ids")
         self.db.execute("RELEASE ids")
         return False
+
+    def _record_ids(self, ids: list) -> bool:
+        """The ids into the ledger in one statement; False if one was there or repeats (the others went in)."""
+        added = self.db.executemany("INSERT OR IGNORE INTO applied(event_id) VALUES (?)",
+                                    [(eid,) for eid in ids]).rowcount
+        return added == len(ids) and len(set(ids)) == len(ids)
 
     def add_rows(self, sql: str, rows: list) -> None:
         """executemany of an insert, deferred to the end of the chunk in bulk mode (one call instead of
