@@ -30,8 +30,9 @@ Row `sync_merge_100k_at_1m` (targets: <= 5 s, daemon VmRSS and VmHWM <= 60 MiB; 
 (pushed packs kept as packs), and a peer clone of the same 50-agent team that pushes
 100,000 events of its last 30 days (bench/generate.py: messages, threads, edits, read
 markers, receipts; most shards grow). Timed: `sync.force {wait: true}` on the copy's daemon
-(fetch, merge, projection, commit); then VmRSS and VmHWM from /proc (the peak is reset
-just before the round, so it is the merge's own; the start-up peak is reported apart).
+(fetch, merge, projection, commit), with the round's own split by stage (`stages_ms`); then
+VmRSS and VmHWM from /proc (the peak is reset just before the round, so it is the merge's own;
+the start-up peak is reported apart).
 
 `run()`, `run_cross_clone()` and `run_at_scale()` return the numbers as dicts.
 """
@@ -365,6 +366,7 @@ def run_at_scale(source: str | None = None, generate: int = 1_000_000, events: i
         return {
             "remote_events": stats["events"], "remote_messages": stats["messages"],
             "pulled": result.get("pulled"), "round_s": result.get("duration_ms", 0) / 1000, "wall_s": round(wall, 3),
+            "stages_s": {k: ms / 1000 for k, ms in result.get("stages_ms", {}).items()},
             "ok": result.get("ok"), "error": result.get("last_error", "") if not result.get("ok") else "", "fast_forward": result.get("fast_forward"),
             "messages_before": before, "rss_before_mib": round(idle["VmRSS"], 1), "hwm_since_start_mib":
             round(max(idle["VmHWM"], after_status["VmHWM"]), 1), "rss_after_mib": round(after_status["VmRSS"], 1),
@@ -397,6 +399,8 @@ def _print_scale(r: dict) -> None:
     print(f"sync_merge_100k_at_1m: {r['remote_events']:,} remote events ({r['remote_messages']:,} messages) into "
           f"{r['messages_before']:,} messages: {r['wall_s']:.2f} s (round {r['round_s']:.2f} s; target <= "
           f"{SCALE_TARGET_S:g} s: {'ok' if r['meets_time'] else 'MISSED'})")
+    if r.get("stages_s"):
+        print("  stages: " + ", ".join(f"{name} {sec:.2f} s" for name, sec in r["stages_s"].items()))
     print(f"  daemon VmRSS {r['rss_before_mib']:.1f} MiB before, {r['rss_after_mib']:.1f} MiB after; VmHWM during "
           f"the merge {r['hwm_merge_mib']:.1f} MiB, since start {r['hwm_since_start_mib']:.1f} MiB (target <= "
           f"{SCALE_RSS_MIB:g} MiB: {'ok' if r['meets_rss'] else 'MISSED'})")

@@ -163,6 +163,13 @@ def test_messages_agents_groups_sessions_travel_both_ways(clones, remote, sync_e
     assert rb["pushed"] >= 2 and rb["pulled"] == 0
     ra = force(a)
     assert ra["pulled"] >= 3 and ra["pushed"] >= 1
+    # where the round's time went, stage by stage (and sync.status keeps it for the last round)
+    stages = ra["stages_ms"]
+    assert set(stages) == {"fetch", "merge", "commit", "push"}, stages
+    assert all(isinstance(ms, int) and ms >= 0 for ms in stages.values())
+    assert sum(stages.values()) <= ra["duration_ms"] + len(stages)  # (each rounded to the millisecond)
+    assert a.json("sync", "status")["last_round"]["stages_ms"] == stages
+    assert "(fetch " in a.run("sync", "force").stdout
     rb = force(b)
     assert rb["pulled"] >= 1
 

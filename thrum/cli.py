@@ -2137,7 +2137,9 @@ def cmd_sync_force(ctx: Ctx) -> int:
         moved = f"pulled {r.get('pulled', 0)}, pushed {r.get('pushed', 0)} event(s)"
         if r.get("local_only") or r.get("sync_state") == "local":
             moved = f"committed {r.get('committed', 0)} event(s) locally"
-        return [f"✓ Sync complete: {moved} in {r.get('duration_ms', 0)} ms"] + _sync_lines(r, "  ")
+        stages = ", ".join(f"{name} {ms} ms" for name, ms in (r.get("stages_ms") or {}).items())
+        took = f"{r.get('duration_ms', 0)} ms" + (f" ({stages})" if stages else "")
+        return [f"✓ Sync complete: {moved} in {took}"] + _sync_lines(r, "  ")
     ctx.emit(result, human)
     return 0
 

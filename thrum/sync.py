@@ -568,7 +568,8 @@ class _Round:
         self.env = env
         self.state = state
         self.result = {"pulled": 0, "pushed": 0, "committed": 0, "examined": 0, "bad_lines": 0, "push_attempts": 0,
-                       "merged_remote": False, "fast_forward": False}
+                       "merged_remote": False, "fast_forward": False, "stages_ms": {}}
+        self._stage_name, self._stage_at = "", 0.0
         self.remote_configured = False
         self.fetch_error = ""
         self.head = ""
@@ -603,7 +604,27 @@ class _Round:
 
     # the round
 
+    def _stage(self, name: str, detail: dict) -> _Progress:
+        """The progress step that starts a stage; the time until the next one is the stage's
+        (result["stages_ms"]: where a slow round spent its time, e.g. a fetch against a merge)."""
+        self._end_stage()
+        self._stage_name, self._stage_at = name, time.monotonic()
+        return _Progress(name, detail)
+
+    def _end_stage(self) -> None:
+        if self._stage_name:
+            spent = self.result["stages_ms"]
+            ms = round((time.monotonic() - self._stage_at) * 1000)
+            spent[self._stage_name] = spent.get(self._stage_name, 0) + ms
+            self._stage_name = ""
+
     def run(self):
+        try:
+            yield from self._run()
+        finally:
+            self._end_stage()
+
+    def _run(self):
         env, st = self.env, self.state
         if not env.local_only:
             res = yield from self._git("remote", "get-url", REMOTE, ok=None)
@@ -613,7 +634,7 @@ class _Round:
             attempt += 1
             remote_missing = False
             if self.remote_configured:
-                yield _Progress("fetch", {"attempt": attempt})
+                yield self._stage("fetch", {"attempt": attempt})
                 res = yield from self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
                                            "--no-recurse-submodules", REMOTE, f"+{SYNC_REF}:{REMOTE_REF}",
                                            timeout=FETCH_TIMEOUT, ok=None)
@@ -647,10 +668,10 @@ class _Round:
             if remote is not None:
                 self.ahead, behind = yield from self._counts(base, remote[0])
                 if remote[0] != st.get("merged_remote") and behind:
-                    yield _Progress("merge", {"remote": remote[0]})
+                    yield self._stage("merge", {"remote": remote[0]})
                     yield from self._merge(base, remote[0], st.get("merged_remote") or "")
                 st["merged_remote"] = remote[0]
-            yield _Progress("commit", {})
+            yield self._stage("commit", {})
             head = yield from self._commit(ref, expected, base, base_tree, remote, behind)
             self.head = head
             self.remote_head = remote[0] if remote else ""
@@ -658,7 +679,7 @@ class _Round:
                 break
             if remote is not None and head == remote[0]:
                 break
-            yield _Progress("push", {"attempt": attempt})
+            yield self._stage("push", {"attempt": attempt})
             self.result["push_attempts"] = attempt
             res = yield from self._git("push", "--porcelain", "--no-verify", REMOTE, f"{head}:{SYNC_REF}",
                                        timeout=FETCH_TIMEOUT, ok=None)
@@ -1514,6 +1535,7 @@ class SyncLoop:
                          result["duration_ms"])
         st["bad_remote_lines"] = st.get("bad_remote_lines", 0) + result.get("bad_lines", 0)
         st["last_round"] = {k: result[k] for k in ("pulled", "pushed", "committed", "duration_ms", "ok")}
+        st["last_round"]["stages_ms"] = result.get("stages_ms", {})
         self.last_result = result
         if st.get("commits_since_gc", 0) >= GC_EVERY and self.gc_child is None and self.running:
             st["commits_since_gc"] = 0
