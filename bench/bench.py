@@ -27,6 +27,7 @@ command that installs it: a target is never skipped silently.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,12 +65,6 @@ def agent_name(i: int) -> str:
 
 REBUILD_EVENTS_PER_S = 50_000
 
-
-def _remove_file(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 class Row:
@@ -925,7 +920,8 @@ class Bench:
                 row.mark("not available", "the daemon has no sync.* methods yet")
                 return
             raise
-        if self.git("remote", "get-url", "origin", check=False) is not None:  # (the row pushes to the remote it sets up: never to one of a --repo's own)
+        # The row pushes to the remote it sets up: never to one of a --repo's own.
+        if self.git("remote", "get-url", "origin", check=False) is not None:
             row.mark("skipped", "the repository has an `origin` remote; this row runs only without one")
             return
         # Make the repo sync with a bare remote (not local-only), then restart the daemon. A --repo
@@ -942,7 +938,8 @@ class Bench:
         finally:
             self.git("remote", "remove", "origin", check=False)
             if cfg_text is None:
-                _remove_file(cfg_path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(cfg_path)
             else:
                 with open(cfg_path, "w") as f:
                     f.write(cfg_text)

@@ -549,9 +549,9 @@ CREATE TABLE unread_ready (agent_id TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOU
 # messages they are 1.5 GB of content); per-reader counts are upserts into their small tables rather
 # than a GROUP BY that would sort millions of read markers. Per-scope reads are counted without
 # looking each message up (then the reads of the few deleted messages are taken off): 1.7 -> 1.3 s
-# at 1M. The audience index is inserted in key
-# order: its pages come out full and in sequence, which inbox pages read (unordered, 20% faster
-# to build, but an inbox page at 1M took 4.4 ms instead of 2.4).
+# at 1M. The audience index is inserted in key order: its pages come out full and in sequence,
+# which inbox pages read (unordered, 20% faster to build, but an inbox page at 1M took 4.4 ms
+# instead of 2.4).
 _DERIVE_SQL = """
 CREATE INDEX rebuild_messages_cover ON messages(message_id, deleted, keyset, agent_id, created_ns, broadcast);
 INSERT INTO message_audience SELECT key, created_ns, seq, author FROM (

@@ -1510,7 +1510,7 @@ class SyncLoop:
         self.active = False
         self.rounds += 1
         self.ended_at = time.monotonic()
-        result = dict(rnd.result) if rnd is not None else {"pulled": 0, "pushed": 0, "committed": 0}
+        result = dict(rnd.result) if rnd is not None else {"pulled": 0, "pushed": 0, "committed": 0, "stages_ms": {}}
         result["duration_ms"] = int((time.monotonic() - self.started_at) * 1000)
         result["ok"] = not error
         st = self.state
@@ -1534,8 +1534,7 @@ class SyncLoop:
                 log.info("sync: pulled %d, pushed %d event(s) in %d ms", result["pulled"], result["pushed"],
                          result["duration_ms"])
         st["bad_remote_lines"] = st.get("bad_remote_lines", 0) + result.get("bad_lines", 0)
-        st["last_round"] = {k: result[k] for k in ("pulled", "pushed", "committed", "duration_ms", "ok")}
-        st["last_round"]["stages_ms"] = result.get("stages_ms", {})
+        st["last_round"] = {k: result[k] for k in ("pulled", "pushed", "committed", "duration_ms", "ok", "stages_ms")}
         self.last_result = result
         if st.get("commits_since_gc", 0) >= GC_EVERY and self.gc_child is None and self.running:
             st["commits_since_gc"] = 0
